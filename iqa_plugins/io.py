@@ -1,0 +1,81 @@
+"""Reading images for scoring: every common file variant in, RGB float in [0,1] out, or a clear error.
+
+Handled: EXIF orientation (JPEGs from phones), palette/grey/grey+alpha/RGBA (alpha composited onto
+white, as a viewer shows it), CMYK JPEGs, 16-bit greyscale PNG/TIFF (scaled by 65535, not clipped at
+255), truncated or non-image files (an error naming the file). Images smaller than ``min_side`` are
+refused: a quality score of a few pixels means nothing, and resizing them up would invent content.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+IMAGE_EXTENSIONS = frozenset(
+    {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".gif", ".ppm", ".pgm", ".jp2"}
+)
+DEFAULT_MIN_SIDE = 16
+
+__all__ = ["IMAGE_EXTENSIONS", "DEFAULT_MIN_SIDE", "ImageReadError", "read_image", "is_image_path"]
+
+
+class ImageReadError(ValueError):
+    """The file could not be turned into an RGB image usable for scoring."""
+
+    def __init__(self, path: str | os.PathLike, reason: str) -> None:
+        self.path = str(path)
+        self.reason = reason
+        super().__init__(f"{self.path}: {reason}")
+
+
+def is_image_path(path: str | os.PathLike) -> bool:
+    return Path(path).suffix.lower() in IMAGE_EXTENSIONS
+
+
+def _to_rgb_array(img: Image.Image) -> np.ndarray:
+    """PIL image of any mode -> float32 (H,W,3) in [0,1]."""
+    mode = img.mode
+    if mode in ("I;16", "I;16L", "I;16B", "I;16N", "I"):
+        # 16-bit (or 32-bit int) greyscale: convert("RGB") would clip everything above 255.
+        grey = np.asarray(img, dtype=np.float64)
+        peak = 65535.0 if mode.startswith("I;16") or grey.max(initial=0) > 255 else 255.0
+        grey = np.clip(grey / peak, 0.0, 1.0).astype(np.float32)
+        return np.repeat(grey[..., None], 3, axis=2)
+    if mode == "F":
+        grey = np.clip(np.asarray(img, dtype=np.float32), 0.0, 1.0)
+        return np.repeat(grey[..., None], 3, axis=2)
+    if mode in ("RGBA", "LA", "PA") or (mode == "P" and "transparency" in img.info):
+        rgba = img.convert("RGBA")
+        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        img = Image.alpha_composite(white, rgba)
+    return np.asarray(img.convert("RGB"), dtype=np.float32) / 255.0
+
+
+def read_image(path: str | os.PathLike, min_side: int = DEFAULT_MIN_SIDE) -> np.ndarray:
+    """Read ``path`` as float32 RGB (H,W,3) in [0,1], upright per its EXIF orientation.
+
+    Raises:
+        ImageReadError: missing, unreadable, truncated, not an image, or smaller than ``min_side``.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise ImageReadError(path, "no such file")
+    if path.is_dir():
+        raise ImageReadError(path, "is a directory, not an image file")
+    try:
+        with Image.open(path) as img:
+            img = ImageOps.exif_transpose(img)  # also forces the full decode: truncation fails here
+            array = _to_rgb_array(img)
+    except UnidentifiedImageError:
+        raise ImageReadError(path, "not a recognised image format (corrupt, or not an image)") from None
+    except (OSError, ValueError, SyntaxError) as error:  # truncated data, bad headers, decoder errors
+        raise ImageReadError(path, f"could not decode image: {error}") from None
+    height, width = array.shape[:2]
+    if min(height, width) < min_side:
+        raise ImageReadError(
+            path, f"image is {width}x{height}, smaller than the minimum {min_side}x{min_side} for scoring"
+        )
+    return array

@@ -1,0 +1,69 @@
+"""The one place that touches pyiqa's registries.
+
+`register()` adds the plugin's metrics to pyiqa's ``DEFAULT_CONFIGS`` (which ``create_metric``,
+``list_models`` and the ``pyiqa`` command read before any registry lookup) and registers the arch
+classes lazily in ``ARCH_REGISTRY`` (their modules import timm/open_clip, so they load only when a
+metric is built). It is idempotent, and it raises instead of warning when it cannot do its job.
+"""
+
+from __future__ import annotations
+
+# Arch name -> "module:Class"; the module is imported when pyiqa first builds the arch.
+ARCHS: dict[str, str] = {
+    "DRExperts": "iqa_plugins.archs.drexperts_arch:DRExperts",
+    "ExIQA": "iqa_plugins.archs.exiqa_arch:ExIQA",
+}
+
+# pyiqa DEFAULT_CONFIGS entries. Names avoid the substring "fid" (special-cased by pyiqa).
+METRICS: dict[str, dict] = {
+    "drexperts": {
+        "metric_opts": {"type": "DRExperts"},
+        "metric_mode": "NR",
+        "lower_better": False,
+        "score_range": "depends on the checkpoint's training MOS scale",
+    },
+    "exiqa": {
+        "metric_opts": {"type": "ExIQA"},
+        "metric_mode": "NR",
+        "lower_better": False,
+        "score_range": "0, 1",
+    },
+}
+
+
+class RegistrationError(RuntimeError):
+    """pyiqa's registries could not be extended (an incompatible pyiqa, usually)."""
+
+
+def register_archs() -> None:
+    """Register the arch classes lazily; also the target of the ``pyiqa.archs`` entry point."""
+    try:
+        from pyiqa.utils.registry import ARCH_REGISTRY
+    except ImportError as error:
+        raise RegistrationError(f"iqa_plugins needs pyiqa >= 0.1.16: {error}") from error
+    if not hasattr(ARCH_REGISTRY, "register_lazy"):
+        raise RegistrationError(
+            "This pyiqa has no ARCH_REGISTRY.register_lazy (added in pyiqa 0.1.16); upgrade pyiqa."
+        )
+    for name, target in ARCHS.items():
+        # Once the class itself is registered, leave it; otherwise (re)point the lazy entry.
+        if name not in ARCH_REGISTRY._obj_map:
+            ARCH_REGISTRY.register_lazy(name, target, override=True)
+
+
+def register() -> None:
+    """Make ``pyiqa.create_metric`` / ``list_models`` / the ``pyiqa`` command know our metrics."""
+    try:
+        from pyiqa.default_model_configs import DEFAULT_CONFIGS
+    except ImportError as error:
+        raise RegistrationError(f"iqa_plugins needs pyiqa >= 0.1.16: {error}") from error
+    register_archs()
+    for name, entry in METRICS.items():
+        # Mutate in place: pyiqa's modules hold references to this very dict.
+        DEFAULT_CONFIGS[name] = {**entry, "metric_opts": dict(entry["metric_opts"])}
+
+
+def is_registered() -> bool:
+    from pyiqa.default_model_configs import DEFAULT_CONFIGS
+
+    return all(name in DEFAULT_CONFIGS for name in METRICS)
