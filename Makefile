@@ -24,20 +24,21 @@ $(STAMP): pyproject.toml setup.py kernels/attribute_scorer/csrc/attribute_scorer
 build: setup
 	$(PY) setup.py --quiet build_ext --inplace
 
+# IQA_PLUGINS_REQUIRE_EXT: a missing compiled scorer fails the tests instead of skipping them.
 test: setup
-	$(PY) -m pytest
+	IQA_PLUGINS_REQUIRE_EXT=1 $(PY) -m pytest
 
 test-fast: setup
-	$(PY) -m pytest -m "not slow"
+	IQA_PLUGINS_REQUIRE_EXT=1 $(PY) -m pytest -m "not slow"
 
 demo: setup
 	$(PY) -m iqa_plugins demo --out demo_out
 
 bench: setup
-	$(PY) -m iqa_plugins bench --mode $(BENCH_MODE)
+	$(PY) benchmarks/run.py --mode $(BENCH_MODE)
 
 bench-quick: setup
-	$(PY) -m iqa_plugins bench --mode quick
+	$(PY) benchmarks/run.py --mode quick
 
 clean:
 	rm -rf $(VENV) build *.egg-info demo_out kernels/attribute_scorer/_C*.so
