@@ -1,0 +1,675 @@
+"""ExIQA: explainable no-reference IQA through distortion attributes (Kazemi Ranjbar & Fatemizadeh).
+
+Pipeline, for an RGB image in [0, 1]:
+
+1. Resize the short side to ``image_size`` (bicubic, antialiased) and take the central square, then CLIP's
+   normalisation. This is CLIP's own test-time crop: the attribute prompts are matched against features learnt
+   on such crops, and keeping the aspect ratio does not stretch block-shaped distortions (JPEG blocks,
+   pixelation, colour blocks). What lies outside the central square is not seen.
+2. CLIP image tower (open_clip) with ``num_prompts`` learnable visual prompt tokens inserted after the class
+   token (shallow visual prompt tuning: only the transformer input carries them). With 0 tokens the tower is
+   exactly open_clip's ``encode_image``.
+3. Attribute probabilities P(a|I) = sigmoid(s <e, t_pos_a - t_neg_a>) (Eq. 6) and distortion probabilities
+   P(d|I) = sum_a softmax_d(logits)_a P(a|I) (Eq. 7), by the compiled scorer
+   ``iqa_plugins.kernels.attribute_scores`` (pure-PyTorch fallback). ``s`` is CLIP's ``logit_scale.exp()`` as
+   loaded, fixed; e and t are L2-normalised CLIP embeddings; the 125 text features are encoded once and cached as
+   buffers (never per batch).
+4. Regressor on all 125 attribute probabilities: Linear-SELU-AlphaDropout twice (128 wide), Linear, then a
+   sigmoid: the score lies in (0, 1), higher is better. A sigmoid rather than a clamp keeps a gradient
+   everywhere (for training on normalised MOS and for ``as_loss=True``). AlphaDropout rather than Dropout
+   because it keeps SELU's self-normalising mean and variance during training (the paper says only "dropout
+   0.2"); in evaluation both are the identity, so scores do not depend on this choice.
+
+Weights: ``pretrained=True`` loads ``ExIQA_kadid10k.pth`` (none published: train it), ``pretrained_model_path``
+loads the project's compact checkpoint (``save_pretrained``) or pyiqa's ``{"params": state_dict}``.
+``pretrained=False`` builds random prompts, attribute weights and regressor; CLIP is random too unless
+``clip_pretrained="openai"`` (needs a download) or ``clip_weights_path`` (a local CLIP checkpoint) is given.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from iqa_plugins.kernels import attribute_scores
+from iqa_plugins.weights import (
+    WeightsNotFoundError,
+    WeightsSpec,
+    load_checkpoint,
+    resolve_weights,
+    save_checkpoint,
+)
+
+try:
+    import open_clip
+    from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
+except ImportError as _error:  # pyiqa's build_network would hide this as a KeyError: fail loudly here
+    raise ImportError(f"ExIQA needs open_clip_torch (pip install open_clip_torch): {_error}") from _error
+
+__all__ = [
+    "ATTRIBUTES_FILE",
+    "CHECKPOINT_FORMAT",
+    "CONFIGS",
+    "DEFAULT_WEIGHTS",
+    "AttributeSet",
+    "ExIQA",
+    "clip_fingerprint",
+    "load_attribute_set",
+    "resize_center_crop",
+    "resolve_config",
+    "save_pretrained",
+]
+
+ATTRIBUTES_FILE = Path(__file__).with_name("exiqa_attributes.json")
+CHECKPOINT_FORMAT = "iqa_plugins.exiqa/1"
+
+DEFAULT_WEIGHTS = WeightsSpec(
+    filename="ExIQA_kadid10k.pth",
+    how_to_make=(
+        "no ExIQA weights have been published; train them with `iqa-plugins train exiqa` (phase 1 on a set "
+        "labelled with the 25 distortion strengths, phase 2 on MOS) or in Python with "
+        "iqa_plugins.train.exiqa_phases.train_phase1/train_phase2, then save_pretrained(model, path)"
+    ),
+)
+
+# Named size configurations. "paper" is the paper's model; "small" is the same code at toy size, for tests and
+# demos (a random tiny CLIP: no weights exist for it).
+CONFIGS: dict[str, dict[str, Any]] = {
+    "paper": {
+        "clip_model": "ViT-B-32-quickgelu",
+        "clip_model_cfg": None,
+        "image_size": 224,
+        "num_prompts": 100,
+        "hidden": 128,
+        "dropout": 0.2,
+    },
+    "small": {
+        "clip_model": None,
+        "clip_model_cfg": {
+            "embed_dim": 64,
+            "quick_gelu": True,
+            "vision_cfg": {"image_size": 64, "layers": 2, "width": 64, "patch_size": 16, "head_width": 32},
+            "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 64, "heads": 2, "layers": 2},
+        },
+        "image_size": 64,
+        "num_prompts": 4,
+        "hidden": 128,
+        "dropout": 0.2,
+    },
+}
+_TOKENIZER_MODEL = "ViT-B-32-quickgelu"  # OpenAI CLIP's BPE tokenizer (ships with open_clip: works offline)
+
+
+# ------------------------------------------------------------------------------------------------- attributes
+
+
+@dataclass(frozen=True)
+class AttributeSet:
+    """The distortions, their attribute phrases (grouped, 5 per distortion) and the two prompt templates."""
+
+    positive_template: str
+    negative_template: str
+    distortion_numbers: tuple[int, ...]
+    distortion_names: tuple[str, ...]
+    distortion_slugs: tuple[str, ...]
+    attributes: tuple[str, ...]
+    group_index: tuple[int, ...]
+    """Index (into the distortions) of each attribute's distortion."""
+
+    @property
+    def num_distortions(self) -> int:
+        return len(self.distortion_names)
+
+    @property
+    def num_attributes(self) -> int:
+        return len(self.attributes)
+
+    def prompts(self) -> tuple[list[str], list[str]]:
+        """Positive and negative prompts, one each per attribute."""
+        pos = [self.positive_template.format(a=a) for a in self.attributes]
+        neg = [self.negative_template.format(a=a) for a in self.attributes]
+        return pos, neg
+
+    def sha256(self) -> str:
+        """Digest of everything the text features depend on (templates, phrases, grouping)."""
+        blob = json.dumps([self.positive_template, self.negative_template, self.attributes, self.group_index])
+        return hashlib.sha256(blob.encode()).hexdigest()
+
+    def to_dict(self) -> dict[str, Any]:
+        """The form stored in checkpoints (and read back by :meth:`from_dict`)."""
+        distortions = []
+        for g, (number, name, slug) in enumerate(
+            zip(self.distortion_numbers, self.distortion_names, self.distortion_slugs)
+        ):
+            phrases = [a for a, i in zip(self.attributes, self.group_index) if i == g]
+            distortions.append({"number": number, "name": name, "slug": slug, "attributes": phrases})
+        return {
+            "templates": {"positive": self.positive_template, "negative": self.negative_template},
+            "distortions": distortions,
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any], source: str = "attribute data") -> AttributeSet:
+        try:
+            templates = data["templates"]
+            pos_t, neg_t = str(templates["positive"]), str(templates["negative"])
+            entries = list(data["distortions"])
+        except (KeyError, TypeError) as error:
+            raise ValueError(f"{source}: needs 'templates' {{positive, negative}} and 'distortions': {error}") from None
+        for template in (pos_t, neg_t):
+            if "{a}" not in template:
+                raise ValueError(f"{source}: prompt template {template!r} has no '{{a}}' placeholder")
+        if not entries:
+            raise ValueError(f"{source}: 'distortions' is empty")
+        numbers, names, slugs, attributes, groups = [], [], [], [], []
+        for g, entry in enumerate(entries):
+            try:
+                phrases = [str(p) for p in entry["attributes"]]
+                numbers.append(int(entry["number"]))
+                names.append(str(entry["name"]))
+                slugs.append(str(entry["slug"]))
+            except (KeyError, TypeError, ValueError) as error:
+                raise ValueError(f"{source}: distortion #{g + 1} needs number, name, slug, attributes: {error}") from None
+            if not phrases or any(not p.strip() for p in phrases):
+                raise ValueError(f"{source}: distortion {names[-1]!r} has an empty attribute list or phrase")
+            attributes += phrases
+            groups += [g] * len(phrases)
+        for label, values in (("names", names), ("slugs", slugs), ("numbers", numbers)):
+            if len(set(values)) != len(values):
+                raise ValueError(f"{source}: distortion {label} are not unique")
+        return cls(pos_t, neg_t, tuple(numbers), tuple(names), tuple(slugs), tuple(attributes), tuple(groups))
+
+
+def load_attribute_set(path: str | os.PathLike = ATTRIBUTES_FILE) -> AttributeSet:
+    """Read an attribute file (the project's is ``exiqa_attributes.json``: 25 distortions x 5 attributes)."""
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as error:
+        raise ValueError(f"attributes file {str(path)!r} could not be read: {error}") from error
+    return AttributeSet.from_dict(data, source=f"attributes file {str(path)!r}")
+
+
+# ---------------------------------------------------------------------------------------------------- configs
+
+
+def resolve_config(config: str | Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """A full config dict from a name ("paper", "small") or a dict of overrides (key "base" names the start)."""
+    if config is None:
+        config = "paper"
+    if isinstance(config, str):
+        if config not in CONFIGS:
+            raise ValueError(f"config={config!r} is not an ExIQA config; choose one of {sorted(CONFIGS)} or a dict")
+        return copy.deepcopy(CONFIGS[config])
+    if not isinstance(config, Mapping):
+        raise ValueError(f"config must be a name or a dict, got {type(config).__name__}")
+    overrides = dict(config)
+    resolved = resolve_config(overrides.pop("base", "paper"))
+    unknown = set(overrides) - set(resolved)
+    if unknown:
+        raise ValueError(f"config has unknown keys {sorted(unknown)}; known: {sorted(resolved)} and 'base'")
+    resolved.update(copy.deepcopy(overrides))
+    if (resolved["clip_model"] is None) == (resolved["clip_model_cfg"] is None):
+        raise ValueError("config needs exactly one of clip_model (an open_clip name) and clip_model_cfg (a dict)")
+    if int(resolved["num_prompts"]) < 0:
+        raise ValueError(f"config num_prompts must be >= 0, got {resolved['num_prompts']}")
+    return resolved
+
+
+# ------------------------------------------------------------------------------------------------------- CLIP
+
+
+def clip_fingerprint(clip: nn.Module) -> str:
+    """SHA-256 of a CLIP model's parameters and persistent buffers (names, dtypes, shapes, values)."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(clip.state_dict().items()):
+        t = tensor.detach().to("cpu").contiguous().reshape(-1)
+        digest.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+        digest.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return digest.hexdigest()
+
+
+def _read_clip_state_dict(path: Path) -> dict[str, torch.Tensor]:
+    """State dict from an open_clip checkpoint (plain or under "state_dict") or an OpenAI TorchScript file."""
+    try:
+        data = load_checkpoint(path)
+    except RuntimeError as safe_error:
+        # OpenAI's released ViT-B-32.pt is a TorchScript archive: not a pickle, so weights_only cannot read
+        # it; torch.jit.load runs TorchScript only (no arbitrary Python).
+        try:
+            data = torch.jit.load(str(path), map_location="cpu").state_dict()
+        except Exception:
+            raise safe_error from None
+    if isinstance(data, dict) and isinstance(data.get("state_dict"), dict):
+        data = data["state_dict"]
+    if not isinstance(data, dict) or not all(isinstance(v, torch.Tensor) for v in data.values()):
+        raise ValueError(f"clip_weights_path={str(path)!r}: not a CLIP state dict")
+    state = {k.removeprefix("module."): v for k, v in data.items()}
+    for key in ("input_resolution", "context_length", "vocab_size"):  # metadata entries in OpenAI's files
+        state.pop(key, None)
+    return state
+
+
+def _build_clip(config: Mapping[str, Any], clip_pretrained: str | None, clip_weights_path: str | None) -> nn.Module:
+    """The CLIP of ``config``: random, from open_clip's pretrained tag (downloads), or from a local file."""
+    name = config["clip_model"]
+    if clip_weights_path is not None:
+        path = Path(clip_weights_path).expanduser()
+        if not path.is_file():
+            raise FileNotFoundError(f"clip_weights_path={str(clip_weights_path)!r}: no such file")
+        clip = _build_clip(config, None, None)
+        try:
+            clip.load_state_dict(_read_clip_state_dict(path), strict=True)
+        except RuntimeError as error:
+            raise ValueError(
+                f"clip_weights_path={str(path)!r} does not fit CLIP {name or 'custom config'}: {error}"
+            ) from error
+        return clip
+    if name is None:
+        if clip_pretrained is not None:
+            raise ValueError(f"clip_pretrained={clip_pretrained!r} needs an open_clip model name, not a custom config")
+        return open_clip.model.CLIP(**copy.deepcopy(config["clip_model_cfg"]))
+    if clip_pretrained is None:
+        # open_clip only logs that the model is random; here that is on purpose.
+        return open_clip.create_model(name, pretrained=None)
+    try:
+        return open_clip.create_model(name, pretrained=clip_pretrained)
+    except Exception as error:  # hub/network/cache errors come in many types; all mean "weights unavailable"
+        raise WeightsNotFoundError(
+            f"CLIP weights {name!r} / pretrained={clip_pretrained!r} could not be loaded through open_clip "
+            f"({type(error).__name__}: {error}). Offline, supply them as a local file: "
+            f"clip_weights_path=PATH to an open_clip or OpenAI CLIP checkpoint of {name} (e.g. OpenAI's "
+            "ViT-B-32.pt, or open_clip_pytorch_model.bin of timm/vit_base_patch32_clip_224.openai), or put them "
+            "in the Hugging Face cache (HF_HOME) on a machine with network access."
+        ) from error
+
+
+def _encode_prompts(clip: nn.Module, token_ids: torch.Tensor) -> torch.Tensor:
+    """L2-normalised CLIP text features of tokenised prompts, computing only up to the longest prompt.
+
+    CLIP's text transformer is causal and pools the end-of-text token (the largest id), so positions after
+    the longest prompt's end token cannot change any result: cutting them makes encoding ~4x cheaper.
+    Other text towers fall back to the stock ``encode_text``.
+    """
+    stock = (
+        isinstance(clip, open_clip.model.CLIP)
+        and getattr(clip, "text_pool_type", None) == "argmax"
+        and getattr(clip, "attn_mask", None) is not None
+    )
+    if not stock:
+        return F.normalize(clip.encode_text(token_ids), dim=-1)
+    length = int(token_ids.argmax(dim=-1).max()) + 1
+    ids = token_ids[:, :length]
+    cast_dtype = clip.transformer.get_cast_dtype()
+    x = clip.token_embedding(ids).to(cast_dtype) + clip.positional_embedding[:length].to(cast_dtype)
+    x = clip.transformer(x, attn_mask=clip.attn_mask[:length, :length])
+    x = clip.ln_final(x)
+    x = x[torch.arange(x.shape[0], device=x.device), ids.argmax(dim=-1)]
+    x = clip.text_projection(x) if isinstance(clip.text_projection, nn.Linear) else x @ clip.text_projection
+    return F.normalize(x, dim=-1)
+
+
+def resize_center_crop(x: torch.Tensor, size: int) -> torch.Tensor:
+    """(N, C, H, W) -> (N, C, size, size): short side to ``size`` (bicubic, antialiased), then the central square.
+
+    Differentiable; a no-op resize when the short side already is ``size``. Data sets may apply it ahead of
+    time (it is idempotent), which lets images of different sizes share a batch.
+    """
+    h, w = x.shape[-2:]
+    if min(h, w) != size:
+        ratio = size / min(h, w)
+        h, w = max(size, round(h * ratio)), max(size, round(w * ratio))
+        x = F.interpolate(x, size=(h, w), mode="bicubic", align_corners=False, antialias=True)
+    top, left = (h - size) // 2, (w - size) // 2
+    return x[..., top : top + size, left : left + size]
+
+
+# ------------------------------------------------------------------------------------------------------ model
+
+
+class ExIQA(nn.Module):
+    """ExIQA metric arch (pyiqa convention: ``forward(x)`` on RGB in [0, 1] -> (N, 1) score, higher better).
+
+    Args:
+        pretrained: load the default checkpoint ``ExIQA_kadid10k.pth`` (from pyiqa's cache; none is published,
+            so this raises WeightsNotFoundError saying how to train it). False: random weights on purpose.
+        pretrained_model_path: a checkpoint to load (the compact ``iqa_plugins.exiqa/1`` format, or pyiqa's
+            ``{"params": state_dict}``); used whatever ``pretrained`` says.
+        config: "paper" (ViT-B/32, 100 prompt tokens), "small" (tiny CLIP, same code) or a dict of overrides
+            with optional "base". With a compact checkpoint the checkpoint's config is used; a different explicit
+            config is an error.
+        num_prompts: shortcut to override the config's prompt token count (0 = plain CLIP).
+        clip_pretrained: open_clip pretrained tag for CLIP when no checkpoint is loaded (e.g. "openai"; needs
+            the download) or to override a checkpoint's record; None: random CLIP (with pretrained=False).
+        clip_weights_path: a local CLIP checkpoint (open_clip or OpenAI file) used instead of a download.
+        attributes_path: attribute file for a model without checkpoint (default: the project's 125 attributes).
+        topk: number of top distortions ``explain`` lists.
+    """
+
+    def __init__(
+        self,
+        pretrained: bool = True,
+        pretrained_model_path: str | None = None,
+        config: str | Mapping[str, Any] | None = None,
+        *,
+        num_prompts: int | None = None,
+        clip_pretrained: str | None = None,
+        clip_weights_path: str | None = None,
+        attributes_path: str | None = None,
+        topk: int = 3,
+    ) -> None:
+        super().__init__()
+        checkpoint = None
+        if pretrained_model_path is not None or pretrained:
+            checkpoint = load_checkpoint(resolve_weights(DEFAULT_WEIGHTS, pretrained_model_path))
+            source = str(pretrained_model_path or DEFAULT_WEIGHTS.filename)
+        compact = isinstance(checkpoint, dict) and checkpoint.get("format") == CHECKPOINT_FORMAT
+        if checkpoint is not None and not compact and not (isinstance(checkpoint, dict) and "params" in checkpoint):
+            raise ValueError(
+                f"checkpoint {source!r} is neither an ExIQA checkpoint (format {CHECKPOINT_FORMAT!r}) nor pyiqa's "
+                f"{{'params': state_dict}}; its top-level keys: {sorted(map(str, checkpoint))[:10]}"
+                if isinstance(checkpoint, dict)
+                else f"checkpoint {source!r} is not a dict"
+            )
+
+        overrides = None if num_prompts is None else {"num_prompts": int(num_prompts)}
+        if compact:
+            cfg = resolve_config(checkpoint["config"])
+            if config is not None and resolve_config(config) != cfg:
+                raise ValueError(f"config={config!r} differs from the config stored in checkpoint {source!r}")
+            if overrides and overrides["num_prompts"] != cfg["num_prompts"]:
+                raise ValueError(f"num_prompts={num_prompts} differs from the {cfg['num_prompts']} of checkpoint {source!r}")
+            attribute_set = AttributeSet.from_dict(checkpoint["attributes"], source=f"checkpoint {source!r}")
+        else:
+            base = resolve_config(config)
+            cfg = resolve_config({**base, **overrides}) if overrides else base
+            attribute_set = load_attribute_set(attributes_path or ATTRIBUTES_FILE)
+        self.config = cfg
+        self.attribute_set = attribute_set
+        self.topk = int(topk)
+
+        # CLIP: explicit weights win; else a compact checkpoint's own copy or the pretrained weights it names;
+        # pyiqa's {"params"} holds the whole CLIP, so a random one is built and overwritten.
+        explicit = clip_weights_path is not None or clip_pretrained is not None
+        if compact and not explicit and "clip_state_dict" in checkpoint:
+            self.clip = _build_clip(cfg, None, None)
+            self.clip.load_state_dict(checkpoint["clip_state_dict"], strict=True)
+            clip_tag, pristine = checkpoint["clip"].get("pretrained"), False
+        elif compact and not explicit:
+            clip_tag = checkpoint["clip"].get("pretrained")
+            if clip_tag is None:
+                raise ValueError(f"checkpoint {source!r} has neither CLIP weights nor an open_clip pretrained tag")
+            self.clip, pristine = _build_clip(cfg, clip_tag, None), True
+        elif checkpoint is not None and not compact:
+            self.clip, clip_tag, pristine = _build_clip(cfg, None, None), None, False
+        else:
+            # With both, the file is used and the tag records what it holds (so checkpoints may name it).
+            clip_tag = clip_pretrained
+            self.clip = _build_clip(cfg, None if clip_weights_path else clip_tag, clip_weights_path)
+            pristine = clip_tag is not None
+        self.clip_source = {
+            "model": cfg["clip_model"],
+            "pretrained": clip_tag,
+            "weights_file": None if clip_weights_path is None else str(clip_weights_path),
+        }
+        for p in self.clip.parameters():
+            p.requires_grad_(False)  # phase 1 (full fine-tuning) unfreezes explicitly
+        self.scale = float(self.clip.logit_scale.detach().exp())
+
+        width = self.clip.visual.class_embedding.shape[-1]
+        embed_dim = self.clip.visual.output_dim
+        k = int(cfg["num_prompts"])
+        self.prompt_tokens = nn.Parameter(torch.randn(k, width) * width**-0.5) if k else None
+
+        num_attr, num_dist = attribute_set.num_attributes, attribute_set.num_distortions
+        self.register_buffer("group_index", torch.tensor(attribute_set.group_index, dtype=torch.long))
+        self.weight_logits = nn.Parameter(torch.zeros(num_attr))  # uniform convex weights to start
+        self.register_buffer("text_pos", torch.zeros(num_attr, embed_dim))
+        self.register_buffer("text_neg", torch.zeros(num_attr, embed_dim))
+        self.register_buffer("text_diff", torch.zeros(num_attr, embed_dim))
+        self.regressor = _make_regressor(num_attr, int(cfg["hidden"]), float(cfg["dropout"]))
+        self.register_buffer("pixel_mean", torch.tensor(OPENAI_DATASET_MEAN).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("pixel_std", torch.tensor(OPENAI_DATASET_STD).view(1, 3, 1, 1), persistent=False)
+        self._num_distortions = num_dist
+        self._prompt_ids: torch.Tensor | None = None
+        # The scale follows CLIP's logit_scale whenever a state dict is loaded into the arch.
+        self.register_load_state_dict_post_hook(lambda module, _keys: module._refresh_scale())
+
+        if compact:
+            self._load_compact(checkpoint, source)
+        elif checkpoint is not None:
+            self.load_state_dict(checkpoint["params"], strict=True)
+            self.clip_sha256 = clip_fingerprint(self.clip)
+            self.text_meta = {"prompts_sha256": attribute_set.sha256(), "clip_sha256": self.clip_sha256}
+        else:
+            self.refresh_text_features()
+        self._clip_sha256_as_loaded = self.clip_sha256 if pristine else None
+
+    # ------------------------------------------------------------------------------------------ weights
+
+    def _refresh_scale(self) -> None:
+        self.scale = float(self.clip.logit_scale.detach().exp())
+
+    def _load_compact(self, checkpoint: Mapping[str, Any], source: str) -> None:
+        fingerprint = clip_fingerprint(self.clip)
+        stored = checkpoint["text_features"]
+        if stored.get("clip_sha256") != fingerprint:
+            raise ValueError(
+                f"checkpoint {source!r}: its cached text features were computed with other CLIP weights "
+                f"(stored sha256 {str(stored.get('clip_sha256'))[:12]}..., loaded CLIP {fingerprint[:12]}...); "
+                "load the CLIP they were made with (clip_weights_path / clip_pretrained) or save the checkpoint "
+                "with its CLIP state dict"
+            )
+        if stored.get("prompts_sha256") != self.attribute_set.sha256():
+            raise ValueError(f"checkpoint {source!r}: cached text features do not match its attribute prompts")
+        missing, unexpected = self.load_state_dict(checkpoint["state_dict"], strict=False)
+        head_missing = [k for k in missing if not k.startswith(("clip.", "text_"))]
+        if head_missing or unexpected:
+            raise ValueError(f"checkpoint {source!r}: state_dict missing {head_missing}, unexpected {unexpected}")
+        with torch.no_grad():
+            self.text_pos.copy_(stored["positive"])
+            self.text_neg.copy_(stored["negative"])
+            self.text_diff.copy_(stored["difference"])
+        self.clip_sha256 = fingerprint
+        self.text_meta = {"prompts_sha256": stored["prompts_sha256"], "clip_sha256": fingerprint}
+        self._refresh_scale()
+
+    @torch.no_grad()
+    def refresh_text_features(self) -> None:
+        """Encode the 2 x 125 prompts with the current CLIP and cache them (after CLIP changed, e.g. fine-tuning)."""
+        pos, neg = self.encode_attribute_text()
+        self.text_pos.copy_(pos)
+        self.text_neg.copy_(neg)
+        self.text_diff.copy_(pos - neg)
+        self.clip_sha256 = clip_fingerprint(self.clip)
+        self.text_meta = {"prompts_sha256": self.attribute_set.sha256(), "clip_sha256": self.clip_sha256}
+
+    def encode_attribute_text(self, chunk: int = 64) -> tuple[torch.Tensor, torch.Tensor]:
+        """Normalised (A, D) features of the positive and negative prompts (differentiable in CLIP's text tower)."""
+        if self._prompt_ids is None:  # building the BPE tokenizer takes seconds: tokenise once per model
+            pos_prompts, neg_prompts = self.attribute_set.prompts()
+            self._prompt_ids = open_clip.get_tokenizer(_TOKENIZER_MODEL)(pos_prompts + neg_prompts)
+        ids = self._prompt_ids.to(self.text_pos.device)
+        feats = torch.cat([_encode_prompts(self.clip, part) for part in ids.split(chunk)])
+        feats = feats.to(self.text_pos.dtype)
+        num_attr = self.attribute_set.num_attributes
+        return feats[:num_attr], feats[num_attr:]
+
+    # -------------------------------------------------------------------------------------------- forward
+
+    @property
+    def attribute_names(self) -> list[str]:
+        return list(self.attribute_set.attributes)
+
+    @property
+    def distortion_names(self) -> list[str]:
+        return list(self.attribute_set.distortion_names)
+
+    def preprocess(self, x: torch.Tensor) -> torch.Tensor:
+        """(N, 1 or 3, H, W) RGB in [0, 1] -> CLIP-normalised (N, 3, S, S): short side to S, central square."""
+        if not isinstance(x, torch.Tensor) or x.dim() != 4 or x.shape[1] not in (1, 3):
+            shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
+            raise ValueError(f"ExIQA input x must be a (N, 3, H, W) or (N, 1, H, W) tensor, got {shape}")
+        x = x.to(self.pixel_mean.dtype)
+        if x.shape[1] == 1:
+            x = x.expand(-1, 3, -1, -1)
+        x = resize_center_crop(x, int(self.config["image_size"]))
+        return (x - self.pixel_mean) / self.pixel_std
+
+    def encode_image(self, pixels: torch.Tensor) -> torch.Tensor:
+        """CLIP image embedding (N, D) of preprocessed pixels, with the visual prompt tokens after CLS."""
+        visual = self.clip.visual
+        tokens = visual._embeds(pixels)
+        k = 0 if self.prompt_tokens is None else self.prompt_tokens.shape[0]
+        if k:
+            prompts = self.prompt_tokens.to(tokens.dtype).unsqueeze(0).expand(tokens.shape[0], -1, -1)
+            tokens = torch.cat([tokens[:, :1], prompts, tokens[:, 1:]], dim=1)
+        tokens = visual.transformer(tokens)
+        if k:  # drop the prompt outputs so that any pooling sees the stock token layout
+            tokens = torch.cat([tokens[:, :1], tokens[:, 1 + k :]], dim=1)
+        pooled, _ = visual._pool(tokens)
+        return pooled @ visual.proj if visual.proj is not None else pooled
+
+    def attribute_outputs(
+        self, x: torch.Tensor, text_diff: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """P(a|I) (N, 125) and P(d|I) (N, 25) for RGB input x; ``text_diff`` overrides the cached text features
+        (full fine-tuning passes freshly encoded ones so that gradients reach the text tower)."""
+        emb = self.encode_image(self.preprocess(x))
+        diff = self.text_diff if text_diff is None else text_diff
+        weight_logits = self.weight_logits.to(emb.dtype)
+        return attribute_scores(
+            emb, diff.to(emb.dtype), None, self.scale, self.group_index, weight_logits, self._num_distortions,
+            normalize=True,
+        )
+
+    def score_from_attributes(self, attr_probs: torch.Tensor) -> torch.Tensor:
+        """Quality in (0, 1), (N, 1), from the attribute probabilities."""
+        return torch.sigmoid(self.regressor(attr_probs))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        attr, _ = self.attribute_outputs(x)
+        return self.score_from_attributes(attr)
+
+    def attribute_weights(self) -> torch.Tensor:
+        """(125,) convex weights w_ad: softmax of the logits within each distortion's attributes."""
+        logits = self.weight_logits
+        group_max = logits.new_full((self._num_distortions,), float("-inf")).scatter_reduce(
+            0, self.group_index, logits.detach(), reduce="amax"
+        )
+        expd = (logits - group_max[self.group_index]).exp()
+        total = logits.new_zeros(self._num_distortions).index_add(0, self.group_index, expd)
+        return expd / total[self.group_index]
+
+    def explain(self, x: torch.Tensor, topk: int | None = None) -> dict[str, Any]:
+        """Score and its explanation, under the forward protocol (wrap in ``torch.no_grad()`` for inference).
+
+        Returns a dict: ``score`` (N,), ``attribute_probs`` (N, 125), ``distortion_probs`` (N, 25),
+        ``attribute_weights`` (125,), ``attribute_names``, ``distortion_names``, ``topk_indices`` and
+        ``topk_probs`` (N, k), ``top_distortions`` (per image a list of (name, probability), most likely
+        first) and ``per_distortion`` {distortion name: (N,) probability}.
+        """
+        attr, dist = self.attribute_outputs(x)
+        score = self.score_from_attributes(attr).squeeze(1)
+        k = min(self.topk if topk is None else int(topk), dist.shape[1])
+        top_probs, top_idx = dist.topk(k, dim=1)
+        names = self.distortion_names
+        top = [
+            [(names[i], float(p)) for i, p in zip(row_idx.tolist(), row_p.tolist())]
+            for row_idx, row_p in zip(top_idx, top_probs.detach())
+        ]
+        return {
+            "score": score,
+            "attribute_probs": attr,
+            "distortion_probs": dist,
+            "attribute_weights": self.attribute_weights(),
+            "attribute_names": self.attribute_names,
+            "distortion_names": names,
+            "topk_indices": top_idx,
+            "topk_probs": top_probs,
+            "top_distortions": top,
+            "per_distortion": {name: dist[:, g] for g, name in enumerate(names)},
+        }
+
+    # ------------------------------------------------------------------------------------------- training
+
+    def head_state_dict(self) -> dict[str, torch.Tensor]:
+        """The trained parts besides CLIP: prompt tokens, attribute weight logits, regressor."""
+        return {k: v for k, v in self.state_dict().items() if not k.startswith(("clip.", "text_"))}
+
+    def clip_is_as_loaded(self) -> bool:
+        """True when CLIP still holds the pretrained weights it was built from (so a checkpoint may name them)."""
+        return self._clip_sha256_as_loaded is not None and clip_fingerprint(self.clip) == self._clip_sha256_as_loaded
+
+
+def _make_regressor(num_inputs: int, hidden: int, dropout: float) -> nn.Sequential:
+    layers: list[nn.Module] = []
+    width = num_inputs
+    for _ in range(2):
+        linear = nn.Linear(width, hidden)
+        # LeCun-normal weights, as SELU's self-normalisation assumes.
+        nn.init.normal_(linear.weight, std=width**-0.5)
+        nn.init.zeros_(linear.bias)
+        layers += [linear, nn.SELU(), nn.AlphaDropout(dropout)]
+        width = hidden
+    layers.append(nn.Linear(width, 1))
+    return nn.Sequential(*layers)
+
+
+def save_pretrained(
+    model: ExIQA,
+    path: str | os.PathLike,
+    *,
+    include_clip: bool | None = None,
+    metadata: Mapping[str, Any] | None = None,
+) -> Path:
+    """Write ``model`` in the compact format ``iqa_plugins.exiqa/1`` (atomically).
+
+    The file holds the config, the attribute set, the head (prompt tokens, attribute weight logits,
+    regressor), the cached text features (normalised positive and negative, their difference, the prompts'
+    SHA-256 and the SHA-256 of the CLIP that encoded them) and which CLIP that is: the open_clip model and
+    pretrained tag, plus CLIP's state dict when ``include_clip`` (default: whenever CLIP is not exactly the
+    pretrained weights it was loaded from, i.e. random or fine-tuned). ``metadata`` (plain values) is stored
+    under "metadata".
+    """
+    if include_clip is None:
+        include_clip = not model.clip_is_as_loaded()
+    fingerprint = clip_fingerprint(model.clip)
+    if model.text_meta["clip_sha256"] != fingerprint:
+        raise ValueError(
+            "save_pretrained: CLIP changed since the text features were encoded; call model.refresh_text_features()"
+        )
+    checkpoint: dict[str, Any] = {
+        "format": CHECKPOINT_FORMAT,
+        "config": copy.deepcopy(model.config),
+        "attributes": model.attribute_set.to_dict(),
+        "clip": {
+            "model": model.config["clip_model"],
+            "pretrained": model.clip_source["pretrained"],
+            "sha256": fingerprint,
+            "logit_scale": model.scale,
+        },
+        "text_features": {
+            "positive": model.text_pos.detach().cpu().clone(),
+            "negative": model.text_neg.detach().cpu().clone(),
+            "difference": model.text_diff.detach().cpu().clone(),
+            "prompts_sha256": model.text_meta["prompts_sha256"],
+            "clip_sha256": fingerprint,
+        },
+        "state_dict": {k: v.detach().cpu().clone() for k, v in model.head_state_dict().items()},
+    }
+    if include_clip:
+        checkpoint["clip_state_dict"] = {k: v.detach().cpu().clone() for k, v in model.clip.state_dict().items()}
+    if metadata:
+        checkpoint["metadata"] = dict(metadata)
+    return save_checkpoint(checkpoint, path)

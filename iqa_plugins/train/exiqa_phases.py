@@ -1,0 +1,447 @@
+"""ExIQA's two training phases and their evaluation, as plain functions over DataLoaders.
+
+Phase 1 (distortion identification): the binary cross-entropy of Eq. 8 between P(d|I) and the ground-truth
+strengths (level / 5, 0 when absent), by prompt tuning (only the visual prompt tokens and the attribute weight
+logits train; CLIP frozen; the paper's 2e-3, cosine with linear warm-up) or by full fine-tuning (CLIP unfrozen
+except its logit scale; 5e-5; the text features are then encoded inside every step and re-cached at the end).
+
+Phase 2 (quality): CLIP, prompts and attribute weights frozen; the regressor learns the normalised MOS (MSE,
+Eq. 9) from all 125 attribute probabilities.
+
+Batches may be ``(images, targets)`` tuples or pyiqa dicts (``img`` and ``mos_label``; ``strengths`` for
+:class:`StrengthsDataset`). Images are RGB in [0, 1]; the model applies its own resize and normalisation.
+
+Evaluation: Eq. 10 accuracy (the prediction falls in the interval centred on the true strength), Eq. 11 RMSE,
+and SRCC/PLCC of the quality scores (scipy.stats).
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import os
+import pickle
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from scipy import stats
+from torch import nn
+from torch.optim.lr_scheduler import LambdaLR
+from torch.utils.data import DataLoader, Dataset, TensorDataset
+
+from iqa_plugins.archs.exiqa_arch import ExIQA, resize_center_crop
+from iqa_plugins.io import read_image
+
+__all__ = [
+    "StrengthsDataset",
+    "cosine_warmup_schedule",
+    "distortion_accuracy",
+    "distortion_loss",
+    "distortion_rmse",
+    "evaluate",
+    "evaluate_distortions",
+    "evaluate_quality",
+    "train_phase1",
+    "train_phase2",
+]
+
+PHASE1_LR = {"prompt": 2e-3, "full": 5e-5}  # the paper's peak learning rates
+_PROB_EPS = 1e-6  # keeps BCE finite when a probability saturates in float32
+
+
+# ---------------------------------------------------------------------------------------------------- data
+
+
+class StrengthsDataset(Dataset):
+    """Images and their 25 distortion strengths from the generator's ``strengths.csv``.
+
+    Args:
+        root: the generator's output folder (holding ``strengths.csv`` and ``images/``).
+        distortion_slugs: strength columns, in the model's distortion order (``model.attribute_set.distortion_slugs``).
+        phase: None for all rows, or "train"/"val"/"test" rows of ``split.pkl`` (pyiqa's split format).
+        split_index: which split of ``split.pkl``.
+        image_size: resize (short side) and centre-crop every image to this size, as the model would, so that
+            images of different sizes batch together; None keeps them as read.
+    Items are ``(image (3, S, S) float32 in [0, 1], strengths (25,) float32)``.
+    """
+
+    def __init__(
+        self,
+        root: str | os.PathLike,
+        distortion_slugs: Sequence[str],
+        phase: str | None = None,
+        split_index: int = 1,
+        image_size: int | None = 224,
+        csv_name: str = "strengths.csv",
+        image_dir: str = "images",
+    ) -> None:
+        self.root = Path(root)
+        table = self.root / csv_name
+        if not table.is_file():
+            raise FileNotFoundError(f"StrengthsDataset: {str(table)!r} does not exist (root={str(root)!r})")
+        with open(table, newline="", encoding="utf-8") as handle:
+            reader = csv.DictReader(handle)
+            columns = reader.fieldnames or []
+            missing = [c for c in ("image", *distortion_slugs) if c not in columns]
+            if missing:
+                raise ValueError(f"{str(table)!r} lacks the columns {missing}")
+            rows = list(reader)
+        if phase is not None:
+            split_file = self.root / "split.pkl"
+            if not split_file.is_file():
+                raise FileNotFoundError(f"StrengthsDataset: phase={phase!r} needs {str(split_file)!r}")
+            with open(split_file, "rb") as handle:
+                splits = pickle.load(handle)  # written by our own generator next to the CSV
+            try:
+                indices = splits[split_index][phase]
+            except (KeyError, TypeError):
+                raise ValueError(f"{str(split_file)!r} has no split {split_index!r} / phase {phase!r}") from None
+            rows = [rows[i] for i in indices]
+        self.images = [self.root / image_dir / r["image"] for r in rows]
+        self.strengths = torch.tensor([[float(r[s]) for s in distortion_slugs] for r in rows], dtype=torch.float32)
+        if self.strengths.numel() and (self.strengths.min() < 0 or self.strengths.max() > 1):
+            raise ValueError(f"{str(table)!r}: strengths must lie in [0, 1]")
+        self.image_size = image_size
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        image = torch.from_numpy(np.ascontiguousarray(read_image(self.images[index]))).permute(2, 0, 1)
+        if self.image_size is not None:
+            image = resize_center_crop(image.unsqueeze(0), self.image_size).squeeze(0).clamp(0, 1)
+        return image.float(), self.strengths[index]
+
+
+def _unpack(batch: Any, target_keys: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
+    if isinstance(batch, dict):
+        for key in target_keys:
+            if key in batch:
+                return batch["img"], batch[key]
+        raise ValueError(f"batch dict has none of the target keys {list(target_keys)}: {sorted(batch)}")
+    if isinstance(batch, (list, tuple)) and len(batch) >= 2:
+        return batch[0], batch[1]
+    raise ValueError("a batch must be (images, targets) or a dict with 'img' and the targets")
+
+
+# ---------------------------------------------------------------------------------------------- schedule/loss
+
+
+def cosine_warmup_schedule(optimizer: torch.optim.Optimizer, total_steps: int, warmup_steps: int) -> LambdaLR:
+    """Per-step learning-rate factor: linear warm-up to 1 over ``warmup_steps``, then cosine decay to 0."""
+    if total_steps < 1 or not 0 <= warmup_steps <= total_steps:
+        raise ValueError(f"need total_steps >= 1 and 0 <= warmup_steps <= total_steps, got {total_steps}, {warmup_steps}")
+
+    def factor(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / warmup_steps
+        progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+    return LambdaLR(optimizer, factor)
+
+
+def distortion_loss(dist_probs: torch.Tensor, strengths: torch.Tensor) -> torch.Tensor:
+    """Eq. 8: mean binary cross-entropy between P(d|I) and the ground-truth strengths, over images and distortions."""
+    if dist_probs.shape != strengths.shape:
+        raise ValueError(f"strengths shape {tuple(strengths.shape)} differs from predictions {tuple(dist_probs.shape)}")
+    p = dist_probs.float().clamp(_PROB_EPS, 1 - _PROB_EPS)
+    return F.binary_cross_entropy(p, strengths.float().to(p.device))
+
+
+def distortion_accuracy(pred: torch.Tensor, target: torch.Tensor) -> float:
+    """Eq. 10: share of (image, distortion) pairs whose prediction lies in the interval centred on the true
+    strength (0, .2, ..., 1 with intervals [0, .1), [.1, .3), ..., [.9, 1])."""
+    predicted_level = torch.floor((pred.float().clamp(0, 1) + 0.1) / 0.2).clamp(max=5)
+    true_level = torch.round(target.float() * 5)
+    return float((predicted_level == true_level).float().mean())
+
+
+def distortion_rmse(pred: torch.Tensor, target: torch.Tensor) -> float:
+    """Eq. 11: root-mean-square error between predicted and true strengths over all pairs."""
+    return float(torch.sqrt(F.mse_loss(pred.float(), target.float())))
+
+
+# -------------------------------------------------------------------------------------------------- phase 1
+
+
+def _device_of(model: nn.Module, device: str | torch.device | None) -> torch.device:
+    return torch.device(device) if device is not None else next(model.parameters()).device
+
+
+def train_phase1(
+    model: ExIQA,
+    loader: Iterable,
+    epochs: int,
+    lr: float | None = None,
+    *,
+    mode: str = "prompt",
+    warmup_epochs: float | None = None,
+    weight_decay: float = 0.0,
+    train_text: bool = True,
+    device: str | torch.device | None = None,
+    on_step: Callable[[int, float], None] | None = None,
+) -> dict[str, Any]:
+    """Phase 1: learn to identify distortions (Eq. 8 BCE) with a cosine schedule and linear warm-up.
+
+    Args:
+        model: an :class:`ExIQA` (its CLIP stays frozen in "prompt" mode).
+        loader: batches of (images (B, 3, H, W) in [0, 1], strengths (B, 25) in [0, 1]).
+        epochs: passes over ``loader``.
+        lr: peak learning rate; default 2e-3 ("prompt") or 5e-5 ("full"), the paper's.
+        mode: "prompt" (prompt tokens + attribute weight logits) or "full" (also all of CLIP but its logit
+            scale; text features are recomputed in every step when ``train_text`` and re-cached at the end).
+        warmup_epochs: linear warm-up length; default a fifth of ``epochs`` (the paper: 20 of 100).
+        weight_decay: AdamW weight decay (0 = Adam).
+        device: where to train (default: the model's device).
+        on_step: called as ``on_step(step, loss)`` after every optimiser step.
+
+    Returns:
+        {"mode", "epochs", "steps", "lr", "epoch_loss": [mean loss per epoch], "step_loss": [loss per step]}.
+    """
+    if mode not in PHASE1_LR:
+        raise ValueError(f"mode must be one of {sorted(PHASE1_LR)}, got {mode!r}")
+    if epochs < 1:
+        raise ValueError(f"epochs must be >= 1, got {epochs}")
+    lr = PHASE1_LR[mode] if lr is None else float(lr)
+    device = _device_of(model, device)
+    model.to(device)
+
+    for p in model.parameters():
+        p.requires_grad_(False)
+    trainable = [model.weight_logits] + ([model.prompt_tokens] if model.prompt_tokens is not None else [])
+    if mode == "full":
+        clip_params = [p for name, p in model.clip.named_parameters() if name != "logit_scale"]
+        if not train_text:
+            clip_params = [p for name, p in model.clip.named_parameters() if name.startswith("visual.")]
+        trainable += clip_params
+    for p in trainable:
+        p.requires_grad_(True)
+    encode_text = mode == "full" and train_text
+
+    steps_per_epoch = len(loader)  # type: ignore[arg-type]
+    total = epochs * steps_per_epoch
+    warmup = round((epochs / 5 if warmup_epochs is None else warmup_epochs) * steps_per_epoch)
+    optimizer = torch.optim.AdamW(trainable, lr=lr, weight_decay=weight_decay)
+    schedule = cosine_warmup_schedule(optimizer, total, min(warmup, total))
+
+    model.train()
+    epoch_loss, step_loss = [], []
+    try:
+        for _ in range(epochs):
+            losses = []
+            for batch in loader:
+                images, strengths = _unpack(batch, ("strengths", "label"))
+                images, strengths = images.to(device), strengths.to(device)
+                text_diff = None
+                if encode_text:
+                    pos, neg = model.encode_attribute_text()
+                    text_diff = pos - neg
+                _, dist = model.attribute_outputs(images, text_diff=text_diff)
+                loss = distortion_loss(dist, strengths)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                schedule.step()
+                losses.append(loss.item())
+                step_loss.append(losses[-1])
+                if on_step is not None:
+                    on_step(len(step_loss), losses[-1])
+            epoch_loss.append(float(np.mean(losses)) if losses else float("nan"))
+    finally:
+        for p in model.parameters():
+            p.requires_grad_(True)
+        for p in model.clip.parameters():
+            p.requires_grad_(False)
+        model.eval()
+        if mode == "full":
+            model.refresh_text_features()  # CLIP changed: the cached features must follow
+    return {"mode": mode, "epochs": epochs, "steps": len(step_loss), "lr": lr, "epoch_loss": epoch_loss,
+            "step_loss": step_loss}
+
+
+# -------------------------------------------------------------------------------------------------- phase 2
+
+
+def _normalise_mos(mos: torch.Tensor, mos_range: tuple[float, float] | None) -> torch.Tensor:
+    mos = mos.float().reshape(-1)
+    if mos_range is not None:
+        lo, hi = map(float, mos_range)
+        if not hi > lo:
+            raise ValueError(f"mos_range must be (low, high) with high > low, got {mos_range}")
+        return (mos - lo) / (hi - lo)
+    if mos.numel() and (mos.min() < 0 or mos.max() > 1):
+        raise ValueError(
+            f"MOS values in [{float(mos.min()):.4g}, {float(mos.max()):.4g}] are not normalised to [0, 1]: "
+            "pass mos_range=(low, high) of the data set's scale"
+        )
+    return mos
+
+
+@torch.no_grad()
+def _attribute_table(
+    model: ExIQA, loader: Iterable, device: torch.device, mos_range: tuple[float, float] | None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """All attribute probabilities of ``loader`` (one pass, frozen model) and their normalised MOS."""
+    model.eval()
+    feats, targets = [], []
+    for batch in loader:
+        images, mos = _unpack(batch, ("mos_label", "mos", "label"))
+        attr, _ = model.attribute_outputs(images.to(device))
+        feats.append(attr.float())
+        targets.append(_normalise_mos(mos, mos_range).to(device))
+    if not feats:
+        raise ValueError("the loader yielded no batch")
+    return torch.cat(feats), torch.cat(targets)
+
+
+def train_phase2(
+    model: ExIQA,
+    loader: Iterable,
+    epochs: int,
+    lr: float = 1e-3,
+    *,
+    weight_decay: float = 0.0,
+    mos_range: tuple[float, float] | None = None,
+    cache_attributes: bool = True,
+    batch_size: int | None = None,
+    device: str | torch.device | None = None,
+    on_step: Callable[[int, float], None] | None = None,
+) -> dict[str, Any]:
+    """Phase 2: the regressor learns normalised MOS (MSE) from the 125 attribute probabilities; all else frozen.
+
+    Args:
+        loader: batches of (images, MOS) or pyiqa dicts (``img``, ``mos_label``).
+        mos_range: (low, high) of the MOS scale, mapped to [0, 1]; None: targets must already lie in [0, 1].
+        cache_attributes: the frozen part is deterministic (fixed resize and crop), so compute the attribute
+            probabilities once and train the regressor on them (fast); False re-runs CLIP every epoch, which
+            only matters when the loader augments.
+        batch_size: mini-batch size on the cached table (default: the loader's batch size, else 32).
+        Other arguments as :func:`train_phase1`; cosine schedule without warm-up.
+
+    Returns:
+        {"epochs", "steps", "lr", "epoch_loss", "step_loss"}.
+    """
+    if epochs < 1:
+        raise ValueError(f"epochs must be >= 1, got {epochs}")
+    device = _device_of(model, device)
+    model.to(device)
+    for p in model.parameters():
+        p.requires_grad_(False)
+    for p in model.regressor.parameters():
+        p.requires_grad_(True)
+
+    if cache_attributes:
+        attrs, targets = _attribute_table(model, loader, device, mos_range)
+        size = batch_size or getattr(loader, "batch_size", None) or 32
+        batches: Iterable = DataLoader(TensorDataset(attrs, targets), batch_size=size, shuffle=True)
+    else:
+        batches = loader
+    steps_per_epoch = len(batches)  # type: ignore[arg-type]
+    optimizer = torch.optim.AdamW(model.regressor.parameters(), lr=lr, weight_decay=weight_decay)
+    schedule = cosine_warmup_schedule(optimizer, epochs * steps_per_epoch, 0)
+
+    model.eval()
+    model.regressor.train()  # dropout only where it belongs
+    epoch_loss, step_loss = [], []
+    try:
+        for _ in range(epochs):
+            losses = []
+            for batch in batches:
+                if cache_attributes:
+                    attr, target = batch
+                else:
+                    images, mos = _unpack(batch, ("mos_label", "mos", "label"))
+                    with torch.no_grad():
+                        attr, _ = model.attribute_outputs(images.to(device))
+                    target = _normalise_mos(mos, mos_range).to(device)
+                pred = model.score_from_attributes(attr).squeeze(1)
+                loss = F.mse_loss(pred.float(), target.float())
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                schedule.step()
+                losses.append(loss.item())
+                step_loss.append(losses[-1])
+                if on_step is not None:
+                    on_step(len(step_loss), losses[-1])
+            epoch_loss.append(float(np.mean(losses)))
+    finally:
+        for name, p in model.named_parameters():
+            p.requires_grad_(not name.startswith("clip."))
+        model.eval()
+    return {"epochs": epochs, "steps": len(step_loss), "lr": lr, "epoch_loss": epoch_loss, "step_loss": step_loss}
+
+
+# ------------------------------------------------------------------------------------------------ evaluation
+
+
+@torch.no_grad()
+def evaluate_distortions(model: ExIQA, loader: Iterable, device: str | torch.device | None = None) -> dict[str, Any]:
+    """Phase-1 metrics over ``loader`` (images, strengths): Eq. 10 accuracy (all pairs, and only the pairs
+    whose distortion is present), Eq. 11 RMSE, the Eq. 8 loss, and the accuracy per distortion."""
+    device = _device_of(model, device)
+    model.eval()
+    preds, targets = [], []
+    for batch in loader:
+        images, strengths = _unpack(batch, ("strengths", "label"))
+        _, dist = model.attribute_outputs(images.to(device))
+        preds.append(dist.float().cpu())
+        targets.append(strengths.float().cpu())
+    if not preds:
+        raise ValueError("the loader yielded no batch")
+    pred, target = torch.cat(preds), torch.cat(targets)
+    present = target > 0
+    names = model.distortion_names
+    return {
+        "accuracy": distortion_accuracy(pred, target),
+        "accuracy_present": distortion_accuracy(pred[present], target[present]) if present.any() else float("nan"),
+        "rmse": distortion_rmse(pred, target),
+        "bce": float(distortion_loss(pred, target)),
+        "per_distortion_accuracy": {n: distortion_accuracy(pred[:, g], target[:, g]) for g, n in enumerate(names)},
+        "num_images": int(pred.shape[0]),
+    }
+
+
+@torch.no_grad()
+def evaluate_quality(
+    model: ExIQA,
+    loader: Iterable,
+    *,
+    mos_range: tuple[float, float] | None = None,
+    device: str | torch.device | None = None,
+) -> dict[str, Any]:
+    """Phase-2 metrics over ``loader`` (images, MOS): SRCC, PLCC, KRCC and RMSE of the scores against the
+    normalised MOS (correlations are unaffected by the normalisation)."""
+    device = _device_of(model, device)
+    model.eval()
+    scores, targets = [], []
+    for batch in loader:
+        images, mos = _unpack(batch, ("mos_label", "mos", "label"))
+        scores.append(model(images.to(device)).float().reshape(-1).cpu())
+        targets.append(_normalise_mos(mos, mos_range).cpu())
+    if not scores:
+        raise ValueError("the loader yielded no batch")
+    s, t = torch.cat(scores).numpy(), torch.cat(targets).numpy()
+    if len(s) < 3:
+        raise ValueError(f"correlations need at least 3 images, got {len(s)}")
+    return {
+        "srcc": float(stats.spearmanr(s, t).statistic),
+        "plcc": float(stats.pearsonr(s, t).statistic),
+        "krcc": float(stats.kendalltau(s, t).statistic),
+        "rmse": float(np.sqrt(np.mean((s - t) ** 2))),
+        "num_images": len(s),
+    }
+
+
+def evaluate(model: ExIQA, loader: Iterable, phase: int, **kwargs: Any) -> dict[str, Any]:
+    """:func:`evaluate_distortions` for ``phase=1``, :func:`evaluate_quality` for ``phase=2``."""
+    if phase == 1:
+        return evaluate_distortions(model, loader, **kwargs)
+    if phase == 2:
+        return evaluate_quality(model, loader, **kwargs)
+    raise ValueError(f"phase must be 1 or 2, got {phase!r}")

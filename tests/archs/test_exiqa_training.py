@@ -1,0 +1,164 @@
+"""ExIQA training phases on a small generated set: losses fall, metrics are right, checkpoints follow."""
+
+from __future__ import annotations
+
+import csv
+import itertools
+import pickle
+
+import numpy as np
+import pytest
+import skimage.data
+import torch
+from PIL import Image
+from scipy import stats
+from torch.utils.data import DataLoader, TensorDataset
+
+from iqa_plugins.archs.exiqa_arch import ExIQA, clip_fingerprint, save_pretrained
+from iqa_plugins.data.distortions import DISTORTIONS, apply_distortions
+from iqa_plugins.train.exiqa_phases import (
+    StrengthsDataset,
+    cosine_warmup_schedule,
+    distortion_accuracy,
+    distortion_rmse,
+    evaluate,
+    evaluate_distortions,
+    evaluate_quality,
+    train_phase1,
+    train_phase2,
+)
+
+PHOTOS = ("astronaut", "coffee", "chelsea", "rocket")
+
+
+def _photo(name: str, size=(80, 64)) -> np.ndarray:
+    img = Image.fromarray(getattr(skimage.data, name)()).resize(size, Image.Resampling.BICUBIC)
+    return np.asarray(img, dtype=np.float64) / 255.0
+
+
+@pytest.fixture(scope="module")
+def labelled():
+    """8 distorted photos, each with 1-3 distortions at known levels; strengths = level / 5."""
+    rng = np.random.default_rng()
+    cheap = [d.number for d in DISTORTIONS if d.number not in (15,)]  # the denoiser is slow-ish; not needed here
+    images, strengths = [], []
+    for i in range(8):
+        k = int(rng.integers(1, 4))
+        chosen = rng.choice(cheap, size=k, replace=False)
+        levels = rng.integers(1, 6, size=k)
+        x = apply_distortions(_photo(PHOTOS[i % 4]), list(zip(chosen.tolist(), levels.tolist())), seed=i)
+        target = np.zeros(25, dtype=np.float32)
+        target[chosen - 1] = levels / 5
+        images.append(torch.from_numpy(x.astype(np.float32)).permute(2, 0, 1))
+        strengths.append(torch.from_numpy(target))
+    return torch.stack(images), torch.stack(strengths)
+
+
+def _model(**kw) -> ExIQA:
+    return ExIQA(pretrained=False, config="small", **kw)
+
+
+def test_eq10_accuracy_and_eq11_rmse():
+    target = torch.tensor([0.0, 0.0, 0.2, 0.2, 1.0, 0.6])
+    pred = torch.tensor([0.09, 0.1, 0.29, 0.31, 0.95, 0.5])
+    # intervals [0,.1), [.1,.3), [.3,.5), [.5,.7), [.7,.9), [.9,1]
+    assert distortion_accuracy(pred, target) == pytest.approx(4 / 6)
+    assert distortion_rmse(pred, target) == pytest.approx(float(torch.sqrt(((pred - target) ** 2).mean())))
+
+
+def test_cosine_warmup_schedule_shape():
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    sched = cosine_warmup_schedule(opt, total_steps=10, warmup_steps=4)
+    lrs = []
+    for _ in range(10):
+        lrs.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    assert lrs[:4] == pytest.approx([0.25, 0.5, 0.75, 1.0])
+    assert all(a >= b for a, b in itertools.pairwise(lrs[3:])) and lrs[-1] < 0.1
+
+
+def test_phase1_prompt_tuning_lowers_the_distortion_loss(labelled):
+    images, strengths = labelled
+    model = _model()
+    loader = DataLoader(TensorDataset(images, strengths), batch_size=4, shuffle=True)
+    clip_before = clip_fingerprint(model.clip)
+    before = evaluate_distortions(model, loader)
+    history = train_phase1(model, loader, epochs=6, lr=5e-2, mode="prompt", warmup_epochs=1)
+    after = evaluate(model, loader, phase=1)
+    assert history["steps"] == 12 and len(history["epoch_loss"]) == 6
+    assert after["bce"] < before["bce"]
+    assert after["rmse"] < before["rmse"]
+    assert 0 <= after["accuracy"] <= 1 and set(after["per_distortion_accuracy"]) == set(model.distortion_names)
+    assert clip_fingerprint(model.clip) == clip_before  # CLIP frozen in prompt tuning
+    assert not any(p.requires_grad for p in model.clip.parameters())
+
+
+@pytest.mark.slow
+def test_phase1_full_fine_tuning_recaches_text_and_saves_clip(labelled, tmp_path):
+    images, strengths = labelled
+    model = _model()
+    loader = DataLoader(TensorDataset(images, strengths), batch_size=4)
+    scale = model.scale
+    text_before = model.text_diff.clone()
+    before = evaluate_distortions(model, loader)["bce"]
+    train_phase1(model, loader, epochs=3, lr=3e-3, mode="full", warmup_epochs=0)
+    assert evaluate_distortions(model, loader)["bce"] < before
+    assert model.scale == scale  # s stays CLIP's loaded logit scale
+    assert not torch.allclose(model.text_diff, text_before)
+    with torch.no_grad():
+        pos, neg = model.encode_attribute_text()
+    torch.testing.assert_close(model.text_diff, pos - neg)
+    path = save_pretrained(model, tmp_path / "ft.pth")
+    reloaded = ExIQA(pretrained_model_path=str(path)).eval()
+    with torch.no_grad():
+        assert torch.equal(reloaded(images), model(images))
+
+
+def test_phase2_regressor_learns_mos_and_leaves_the_rest(labelled):
+    images, strengths = labelled
+    mos = 95 - 10 * strengths.sum(1)  # a 0-100 MOS scale, mean far from the untrained output (~0.5)
+    model = _model()
+    loader = DataLoader(TensorDataset(images, mos), batch_size=4)
+    frozen = {k: v.clone() for k, v in model.state_dict().items() if not k.startswith("regressor.")}
+    with torch.no_grad():
+        start = ((model(images).squeeze(1) - mos / 100) ** 2).mean()
+    history = train_phase2(model, loader, epochs=40, lr=1e-2, mos_range=(0, 100))
+    with torch.no_grad():
+        end = ((model(images).squeeze(1) - mos / 100) ** 2).mean()
+    assert end < 0.5 * start
+    assert np.mean(history["epoch_loss"][-5:]) < np.mean(history["epoch_loss"][:5])
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in frozen.items())
+    metrics = evaluate_quality(model, loader, mos_range=(0, 100))
+    with torch.no_grad():
+        scores = model(images).squeeze(1).numpy()
+    target = (mos / 100).numpy()
+    # a random tiny CLIP can make all scores equal: correlations are then NaN on both sides
+    expected = [stats.spearmanr(scores, target).statistic, stats.pearsonr(scores, target).statistic]
+    np.testing.assert_allclose([metrics["srcc"], metrics["plcc"]], expected, rtol=1e-5, equal_nan=True)
+    assert metrics["rmse"] == pytest.approx(float(np.sqrt(np.mean((scores - target) ** 2))), rel=1e-5)
+    with pytest.raises(ValueError, match="mos_range"):
+        train_phase2(model, loader, epochs=1)  # 0-100 MOS without its range
+
+
+def test_strengths_dataset_reads_the_generator_layout(labelled, tmp_path):
+    images, strengths = labelled
+    (tmp_path / "images").mkdir()
+    slugs = [d.slug for d in DISTORTIONS]
+    with open(tmp_path / "strengths.csv", "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["image", "reference", "variant", *slugs, "order"])
+        for i, (img, s) in enumerate(zip(images, strengths)):
+            name = f"img_{i}.png"
+            Image.fromarray((img.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)).save(tmp_path / "images" / name)
+            writer.writerow([name, f"ref{i % 4}", i, *s.tolist(), ""])
+    with open(tmp_path / "split.pkl", "wb") as handle:
+        pickle.dump({1: {"train": [0, 1, 2, 4, 5, 6], "val": [3], "test": [7]}}, handle)
+    full = StrengthsDataset(tmp_path, slugs, image_size=64)
+    train = StrengthsDataset(tmp_path, slugs, phase="train", image_size=64)
+    assert len(full) == 8 and len(train) == 6
+    img, s = train[3]
+    assert img.shape == (3, 64, 64) and torch.equal(s, strengths[4])
+    assert 0 <= img.min() and img.max() <= 1
+    with pytest.raises(ValueError, match="lacks the columns"):
+        StrengthsDataset(tmp_path, ["no_such_column"])
