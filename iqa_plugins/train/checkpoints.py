@@ -1,0 +1,58 @@
+"""Trained weights in the formats the metrics load, and their place in pyiqa's weight cache.
+
+pyiqa's training writes ``{"params": state_dict}`` (``net_latest.pth``), which both archs load. Next to it the
+runner writes the project's compact format through the arch module's own ``save_pretrained`` (config and
+test-time protocol included, so ``pyiqa.create_metric(name, pretrained_model_path=...)`` needs no other
+argument), and ``--install-to-cache`` copies it under the metric's default file name.
+"""
+
+from __future__ import annotations
+
+import importlib
+from pathlib import Path
+from typing import Any
+
+# arch type -> (module with DEFAULT_WEIGHTS, module with save_pretrained)
+_ARCH_MODULES = {
+    "DRExperts": ("iqa_plugins.archs.drexperts_arch", "iqa_plugins.archs.drexperts_convert"),
+    "ExIQA": ("iqa_plugins.archs.exiqa_arch", "iqa_plugins.archs.exiqa_arch"),
+}
+
+
+def default_weights_filename(arch_type: str) -> str:
+    """The file name ``pretrained=True`` looks for in pyiqa's cache."""
+    if arch_type not in _ARCH_MODULES:
+        raise ValueError(f"no default weights file for arch {arch_type!r}; known: {sorted(_ARCH_MODULES)}")
+    return importlib.import_module(_ARCH_MODULES[arch_type][0]).DEFAULT_WEIGHTS.filename
+
+
+def _val_resize(opt: dict[str, Any]) -> list[int] | None:
+    """The resize the validation data applies before the arch sees the image (the test protocol's resize)."""
+    for phase, dataset in opt["datasets"].items():
+        if phase.split("_")[0] == "val":
+            resize = (dataset.get("augment") or {}).get("resize")
+            if resize is None:
+                return None
+            return [int(resize), int(resize)] if isinstance(resize, (int, float)) else [int(v) for v in resize]
+    return None
+
+
+def save_compact(opt: dict[str, Any], net, path: Path) -> Path | None:
+    """Write ``net`` in its arch's compact format; None for archs that have none."""
+    arch_type = opt["network"]["type"]
+    if arch_type == "DRExperts":
+        from iqa_plugins.archs.drexperts_convert import save_pretrained
+
+        train_set = opt["datasets"]["train"]
+        # The protocol travels with the weights: the metric then resizes and crops as validation did.
+        net.protocol = {
+            "resize": _val_resize(opt), "num_crops": int(net.num_crops),
+            "mos_range": None if train_set.get("mos_normalize") else train_set.get("mos_range"),
+            "lower_better": False, "dataset": train_set.get("name"),
+        }
+        return save_pretrained(net, path, source=f"iqa-plugins train ({opt['name']})")
+    if arch_type == "ExIQA":
+        from iqa_plugins.archs.exiqa_arch import save_pretrained
+
+        return save_pretrained(net, path, metadata={"trained_by": f"iqa-plugins train ({opt['name']})"})
+    return None

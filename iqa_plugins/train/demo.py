@@ -1,0 +1,293 @@
+"""``iqa-plugins demo`` (``make demo``): the whole job, offline, on a small CPU.
+
+1. Pristine photos available offline: scikit-image's bundled photographs and pyiqa's ResultsCalibra
+   reference images (TID2013), resized; some photos are held out entirely.
+2. Multi-distortion variants (KADID-10k's 25 distortions, several per image) from ``iqa_plugins.data.generator``,
+   labelled with weight-free full-reference metrics from pyiqa against the pristine image: the mean of MS-SSIM,
+   VIF (clipped to [0, 1]) and FSIM, in the spirit of DeepFL-IQA's KADIS-700k labels.
+3. Small DR.Experts trained through pyiqa's framework (the recipe's model, optimiser and schedule, shortened)
+   and small ExIQA through its two phases.
+4. The held-out photos' variants scored with the ``pyiqa`` command and with ``iqa-plugins score --explain``,
+   through a demo-local weight cache (``TORCH_HOME=<out>/torch_home``: the ``pyiqa`` command passes no
+   weights path, so the demo weights sit there under the metrics' default file names): the user's real cache is untouched.
+5. Held-out SRCC/PLCC against the labels, printed and written to ``<out>/summary.json``.
+
+The demo weights are trained on synthetic distortions with synthetic (full-reference) labels, by tiny models
+from random initialisation: they show that the pipeline works, they are NOT the papers' models and must not be
+used as quality metrics.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import copy
+import csv
+import json
+import logging
+import os
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+SKIMAGE_PHOTOS = ("astronaut", "chelsea", "coffee", "hubble_deep_field", "immunohistochemistry",
+                  "stereo_motorcycle", "retina", "rocket", "camera", "coins", "moon", "grass", "gravel", "brick")
+HELD_OUT = ("coffee", "camera", "tid_I19", "gravel")  # one of each kind: colour, grey, TID2013, texture
+PHOTO_SIZE = (224, 176)  # (width, height): MS-SSIM's 5 scales need a side >= 176
+CROP = 128
+
+
+class FullReferenceLabeller:
+    """Quality label of a distorted image against its pristine one (higher = better), picklable for the
+    generator's worker processes: mean of pyiqa's MS-SSIM, VIF (clipped to [0, 1]) and FSIM, all weight-free."""
+
+    __name__ = "msssim_vif_fsim_mean"
+    METRICS = ("ms_ssim", "vif", "fsim")
+
+    def __init__(self) -> None:
+        self._metrics = None
+
+    def __getstate__(self) -> dict:
+        return {"_metrics": None}
+
+    def __call__(self, pristine: np.ndarray, distorted: np.ndarray) -> float:
+        import pyiqa
+        import torch
+
+        if self._metrics is None:
+            torch.set_num_threads(1)  # the generator runs one labeller per worker process
+            self._metrics = [pyiqa.create_metric(name, device="cpu") for name in self.METRICS]
+        ref = torch.from_numpy(np.ascontiguousarray(pristine, np.float32)).permute(2, 0, 1)[None]
+        dist = torch.from_numpy(np.ascontiguousarray(distorted, np.float32)).permute(2, 0, 1)[None]
+        with torch.no_grad():
+            values = [float(metric(dist, ref)) for metric in self._metrics]
+        return float(np.mean([min(max(v, 0.0), 1.0) for v in values]))
+
+
+def collect_photos(folder: Path, size: tuple[int, int] = PHOTO_SIZE) -> dict[str, Path]:
+    """Write the offline photos, resized and centre-cropped to ``size``, as PNGs; returns name -> path."""
+    import skimage.data
+    from PIL import Image, ImageOps
+
+    folder.mkdir(parents=True, exist_ok=True)
+    images: dict[str, Image.Image] = {}
+    for name in SKIMAGE_PHOTOS:
+        array = getattr(skimage.data, name)()
+        array = array[0] if isinstance(array, tuple) else array  # stereo_motorcycle: (left, right, disparity)
+        images[name] = Image.fromarray(array).convert("RGB")
+    import pyiqa
+
+    calibra = Path(pyiqa.__file__).resolve().parent.parent / "ResultsCalibra" / "ref_dir"
+    for path in sorted(calibra.glob("*.bmp")):
+        images[f"tid_{path.stem}"] = Image.open(path).convert("RGB")
+    paths = {}
+    for name, image in images.items():
+        path = folder / f"{name}.png"
+        ImageOps.fit(image, size, Image.Resampling.BICUBIC).save(path)
+        paths[name] = path
+    return paths
+
+
+def _read_labels(data: Path) -> dict[str, float]:
+    with (data / "meta_info.csv").open(newline="") as handle:
+        return {row["dist_name"]: float(row["mos"]) for row in csv.DictReader(handle)}
+
+
+def _correlations(pred: list[float], true: list[float]) -> dict[str, float]:
+    from scipy import stats
+
+    return {"srcc": float(stats.spearmanr(pred, true).statistic), "plcc": float(stats.pearsonr(pred, true).statistic),
+            "n": len(pred)}
+
+
+def drexperts_options(data: Path, root: Path, epochs: int, batch: int) -> dict[str, Any]:
+    """The DR.Experts recipe (RecipeIQAModel, AdamW + per-iteration warm-up/step schedule, SmoothL1, clipping,
+    flips + random crops, several crops per image) shortened for the demo: a small model at 128 px."""
+    from iqa_plugins.archs.drexperts_arch import CONFIGS
+
+    clip = copy.deepcopy(CONFIGS["small"]["clip"])
+    clip["vision_cfg"]["image_size"] = 96  # a 3x3 DA-CLIP grid: the small prior's cost stays low
+    dataset = {"name": "demo", "type": "GeneralNRDataset", "dataroot_target": str(data / "images"),
+               "meta_info_file": str(data / "meta_info.csv"), "mos_normalize": False, "num_worker_per_gpu": 0}
+    return {
+        "name": "demo_drexperts", "model_type": "RecipeIQAModel", "num_gpu": 0, "manual_seed": 123,
+        "datasets": {"train": {**dataset, "batch_size_per_gpu": batch, "dataset_enlarge_ratio": 2,
+                               "use_shuffle": True,
+                               "augment": {"hflip": True, "vflip": True, "random_crop": CROP}}},
+        "network": {"type": "DRExperts", "pretrained": False, "num_crops": 3,
+                    "config": {"base": "small", "img_size": CROP, "clip": clip}},
+        "train": {
+            "optim": {"type": "AdamW", "lr": 1e-3, "betas": [0.9, 0.999], "weight_decay": 0.05},
+            "scheduler": {"type": "WarmupStepLR", "warmup_epochs": 1, "warmup_lr": 1e-5,
+                          "decay_epochs": max(1, epochs - 2), "gamma": 0.1},
+            "total_epoch": epochs, "grad_clip": 5.0, "amp": True,
+            "mos_loss_opt": {"type": "SmoothL1Loss", "beta": 0.1},
+        },
+        "logger": {"print_freq": 10, "save_checkpoint_freq": 9e9},
+    }
+
+
+def train_drexperts(data: Path, root: Path, epochs: int, batch: int, verbose: bool) -> Path:
+    from iqa_plugins.train.options import finalize_options
+    from iqa_plugins.train.runner import run_training
+
+    opt = finalize_options(drexperts_options(data, root, epochs, batch), root)
+    result = run_training(opt, log_level=logging.INFO if verbose else logging.WARNING)
+    return result.compact_checkpoint
+
+
+def train_exiqa(data: Path, out: Path, epochs1: int, epochs2: int, batch: int) -> Path:
+    import torch
+    from torch.utils.data import DataLoader
+
+    from iqa_plugins.archs.exiqa_arch import ExIQA, save_pretrained
+    from iqa_plugins.train import exiqa_phases as phases
+    from iqa_plugins.train.exiqa_cli import MOSDataset
+
+    torch.manual_seed(0)
+    model = ExIQA(pretrained=False, config="small")
+    size = int(model.config["image_size"])
+    strengths = phases.StrengthsDataset(data, model.attribute_set.distortion_slugs, image_size=size)
+    # The small CLIP is random, so prompt tuning alone would have little to build on: fine-tune its image
+    # tower too, against fixed text features (re-encoding 250 prompts every step would triple the cost).
+    phases.train_phase1(model, DataLoader(strengths, batch_size=batch, shuffle=True), epochs1, 2e-3, mode="full",
+                        train_text=False)
+    mos = MOSDataset(data / "meta_info.csv", data / "images", None, size)
+    phases.train_phase2(model, DataLoader(mos, batch_size=batch, shuffle=True), epochs2, 3e-3)
+    return save_pretrained(model, out, metadata={"trained_by": "iqa-plugins demo (synthetic data; not the paper's)"})
+
+
+def _run(command: list[str], env: dict[str, str]) -> subprocess.CompletedProcess:
+    done = subprocess.run(command, capture_output=True, text=True, env=env)
+    if done.returncode not in (0, 1):
+        raise RuntimeError(f"{' '.join(command)} failed ({done.returncode}):\n{done.stderr[-3000:]}")
+    return done
+
+
+def pyiqa_command_scores(metrics: list[str], folder: Path, env: dict[str, str]) -> dict[str, dict[str, float]]:
+    """Per-image scores from the ``pyiqa`` command (its ``-v`` pprint output)."""
+    pyiqa_exe = Path(sys.executable).with_name("pyiqa")
+    command = [str(pyiqa_exe)] if pyiqa_exe.exists() else [sys.executable, "-m", "pyiqa.pyiqa_cmd"]
+    done = _run([*command, *metrics, "-t", str(folder), "-v", "--device", "cpu"], env)
+    text = done.stdout[done.stdout.index("{"):]
+    text = re.sub(r"np\.float\d*\(([^()]*)\)", r"\1", text)  # numpy 2 scalar reprs
+    results = ast.literal_eval(text)
+    return {m: {Path(k).name: float(v) for k, v in results[m].items() if k != "mean"} for m in metrics}
+
+
+def score_command_rows(metric: str, folder: Path, out_csv: Path, env: dict[str, str]) -> list[dict[str, str]]:
+    """Rows of ``iqa-plugins score --metric METRIC --explain`` (per-image scores and explanation columns)."""
+    _run([sys.executable, "-m", "iqa_plugins", "score", str(folder), "--metric", metric, "--explain",
+          "--device", "cpu", "--workers", "0", "--quiet", "--min-side", "32", "-o", str(out_csv)], env)
+    with out_csv.open(newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--out", type=Path, default=Path("demo_out"), help="output folder (default demo_out)")
+    parser.add_argument("--variants", type=int, default=8, help="distorted versions per photo")
+    parser.add_argument("--max-distortions", type=int, default=3, help="distortions per variant, at most")
+    parser.add_argument("--epochs", type=int, default=6, help="DR.Experts epochs")
+    parser.add_argument("--exiqa-epochs", type=int, nargs=2, default=(10, 60), metavar=("PHASE1", "PHASE2"))
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--workers", type=int, default=min(2, os.cpu_count() or 1), help="generator processes")
+    parser.add_argument("--tiny", action="store_true", help="a minute-long smoke run (few photos, 1 epoch)")
+    parser.add_argument("--verbose", action="store_true", help="pyiqa's training log")
+
+
+def main(args: argparse.Namespace) -> int:
+    from iqa_plugins.data.generator import generate_dataset
+
+    start = time.time()
+    out: Path = args.out
+    out.mkdir(parents=True, exist_ok=True)
+    timings: dict[str, float] = {}
+
+    def lap(name: str, since: float) -> float:
+        timings[name] = round(time.time() - since, 1)
+        print(f"  [{timings[name]:6.1f}s] {name}", flush=True)
+        return time.time()
+
+    print("DEMO WEIGHTS ARE NOT THE PAPERS' MODELS: tiny networks, random init, synthetic distortions and "
+          "full-reference labels.\n1. photos", flush=True)
+    t = time.time()
+    photos = collect_photos(out / "photos" / "all")
+    held = [n for n in HELD_OUT if n in photos]
+    train = [n for n in photos if n not in held]
+    variants, epochs, exiqa_epochs = args.variants, args.epochs, tuple(args.exiqa_epochs)
+    if args.tiny:
+        train, held, variants, epochs, exiqa_epochs = train[:3], held[:1], 3, 1, (1, 2)
+        args.workers = 1  # worker start-up would dominate so few images
+    for group, names in (("train", train), ("held_out", held)):
+        folder = out / "photos" / group
+        folder.mkdir(parents=True, exist_ok=True)
+        for name in names:
+            target = folder / photos[name].name
+            if not target.exists():
+                target.write_bytes(photos[name].read_bytes())
+    t = lap(f"{len(train)} training photos, {len(held)} held-out photos ({', '.join(held)})", t)
+
+    print("2. distorted variants + full-reference labels (MS-SSIM, VIF, FSIM)", flush=True)
+    labeller = FullReferenceLabeller()
+    sets = {}
+    for group in ("train", "held_out"):
+        sets[group] = out / "data" / group
+        report = generate_dataset(out / "photos" / group, sets[group], variants=variants,
+                                  max_distortions=args.max_distortions, seed=0 if group == "train" else 1,
+                                  labeller=labeller, split_ratios=(1.0, 0.0, 0.0), workers=args.workers,
+                                  progress=False)
+        if not report.ok:
+            print(f"iqa-plugins demo: generation failed: {report.failed}", file=sys.stderr)
+            return 1
+    t = lap(f"{len(_read_labels(sets['train']))} training and {len(_read_labels(sets['held_out']))} held-out images", t)
+
+    print("3a. DR.Experts (small config) through pyiqa's training framework", flush=True)
+    drexperts_weights = train_drexperts(sets["train"], out / "train", epochs, args.batch_size, args.verbose)
+    t = lap(f"DR.Experts trained -> {drexperts_weights}", t)
+    print("3b. ExIQA (small config): phase 1 (distortion identification), phase 2 (quality regressor)", flush=True)
+    exiqa_weights = train_exiqa(sets["train"], out / "train" / "exiqa_demo.pth", *exiqa_epochs, args.batch_size)
+    t = lap(f"ExIQA trained -> {exiqa_weights}", t)
+
+    from iqa_plugins.train.checkpoints import default_weights_filename
+
+    torch_home = out / "torch_home"
+    cache = torch_home / "hub" / "pyiqa"  # what cache_dir() is under TORCH_HOME=torch_home
+    cache.mkdir(parents=True, exist_ok=True)
+    for weights, arch in ((drexperts_weights, "DRExperts"), (exiqa_weights, "ExIQA")):
+        (cache / default_weights_filename(arch)).write_bytes(Path(weights).read_bytes())
+    env = {**os.environ, "TORCH_HOME": str(torch_home.resolve()), "PYTHONUNBUFFERED": "1"}
+
+    print(f"4. scoring the held-out variants (demo weights in the demo-local cache {cache})", flush=True)
+    images = sets["held_out"] / "images"
+    labels = _read_labels(sets["held_out"])
+    pyiqa_scores = pyiqa_command_scores(["drexperts", "exiqa"], images, env)
+    t = lap(f"`pyiqa drexperts exiqa -t {images} -v` scored {len(pyiqa_scores['drexperts'])} images", t)
+    summary: dict[str, Any] = {"note": "demo weights: tiny models trained on synthetic distortions with "
+                                       "full-reference labels; not the papers' models",
+                               "held_out_photos": held, "models": {}}
+    for metric in ("drexperts", "exiqa"):
+        rows = score_command_rows(metric, images, out / f"scores_{metric}.csv", env)
+        names = [Path(r["path"]).name for r in rows]
+        cli = _correlations([float(r["score"]) for r in rows], [labels[n] for n in names])
+        via_pyiqa = _correlations([pyiqa_scores[metric][n] for n in names], [labels[n] for n in names])
+        summary["models"][metric] = {"iqa_plugins_score": cli, "pyiqa_command": via_pyiqa,
+                                     "scores_csv": str(out / f"scores_{metric}.csv")}
+        explain_cols = [c for c in rows[0] if c not in ("path", "score")]
+        print(f"\n  {metric}: held-out SRCC {cli['srcc']:.3f} PLCC {cli['plcc']:.3f} over {cli['n']} images "
+              f"(pyiqa command: SRCC {via_pyiqa['srcc']:.3f} PLCC {via_pyiqa['plcc']:.3f})")
+        print(f"  {'image':<28} {'label':>6} {'score':>8}  top explanation columns")
+        for row, name in list(zip(rows, names))[:6]:
+            top = sorted(explain_cols, key=lambda c: -float(row[c]))[:3]
+            print(f"  {name:<28} {labels[name]:6.3f} {float(row['score']):8.3f}  "
+                  + ", ".join(f"{c}={float(row[c]):.2f}" for c in top))
+    t = lap("iqa-plugins score --explain for both metrics", t)
+    summary["timings_s"] = timings
+    summary["wall_time_s"] = round(time.time() - start, 1)
+    (out / "summary.json").write_text(json.dumps(summary, indent=1))
+    print(f"\nDone in {summary['wall_time_s']:.0f}s; summary: {out / 'summary.json'}")
+    return 0

@@ -1,0 +1,359 @@
+"""The training loop: pyiqa's datasets, loaders, model registry, losses and checkpoints, driven here.
+
+Why not ``pyiqa.train.train_pipeline`` itself: in pyiqa 0.1.16 it cannot resume on a machine without CUDA
+(``load_resume_state`` maps tensors with ``torch.cuda.current_device()``), its resume restores the optimiser but
+not the weights of ``GeneralIQAModel`` (``check_resume`` only looks for ``network_*`` keys), a resumed run
+replays the interrupted epoch from its start, and it reports the best validation value seen (selection on
+the test split). This loop fixes those and otherwise follows pyiqa's structure and file layout:
+``experiments/<name>/{models/net_<iter>.pth, training_states/<iter>.state, train_<name>_<time>.log}``.
+
+``train_splits`` runs the repeated random train/val splits protocol and writes every split's final SRCC and
+PLCC with their medians (over all runs, never a best subset) to ``results.json`` and ``results.csv``.
+"""
+
+from __future__ import annotations
+
+import copy
+import csv
+import json
+import logging
+import math
+import pickle
+import shutil
+import statistics
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from iqa_plugins.train.registry import register_training
+
+__all__ = ["RunResult", "run_training", "train_splits", "make_random_splits", "metric_for_arch", "install_to_cache"]
+
+
+@dataclass
+class RunResult:
+    """One training run. ``final_metrics`` and ``checkpoint`` are filled on rank 0 only."""
+
+    name: str
+    experiments_root: Path
+    iterations: int
+    final_metrics: dict[str, dict[str, float]] = field(default_factory=dict)
+    history: list[dict[str, Any]] = field(default_factory=list)
+    checkpoint: Path | None = None
+    compact_checkpoint: Path | None = None
+    model: Any = None
+
+
+def metric_for_arch(arch_type: str) -> str | None:
+    """The plugin metric (``drexperts``/``exiqa``) whose arch is ``arch_type``, or None."""
+    from iqa_plugins.registration import METRICS
+
+    for name, entry in METRICS.items():
+        if entry["metric_opts"]["type"] == arch_type:
+            return name
+    return None
+
+
+def _sampler_class():
+    from pyiqa.data.data_sampler import EnlargedSampler
+
+    class ResumableSampler(EnlargedSampler):
+        """pyiqa's EnlargedSampler (repeats the data set ``ratio`` times per epoch: several random crops per
+        image) that can drop the first ``skip`` samples of one epoch, to resume mid-epoch exactly."""
+
+        skip = 0
+
+        def __iter__(self):
+            indices = list(super().__iter__())
+            skip, self.skip = self.skip, 0
+            return iter(indices[skip:])
+
+    return ResumableSampler
+
+
+def _build_loaders(opt: dict[str, Any]):
+    from pyiqa.data import build_dataloader, build_dataset
+
+    train_opt = opt["datasets"]["train"]
+    train_set = build_dataset(train_opt)
+    sampler = _sampler_class()(
+        train_set, opt["world_size"], opt["rank"], train_opt.get("dataset_enlarge_ratio", 1),
+        train_opt.get("use_shuffle", True),
+    )
+    train_loader = build_dataloader(
+        train_set, train_opt, num_gpu=opt["num_gpu"], dist=opt["dist"], sampler=sampler, seed=opt["manual_seed"]
+    )
+    if len(train_loader) == 0:
+        raise ValueError(
+            f"datasets.train: {len(sampler)} samples per process is less than one batch of "
+            f"{train_loader.batch_size} (drop_last): lower batch_size_per_gpu or raise dataset_enlarge_ratio"
+        )
+    val_loaders = []
+    for phase, dataset_opt in opt["datasets"].items():
+        if phase.split("_")[0] == "val":
+            val_set = build_dataset(dataset_opt)
+            val_loaders.append(build_dataloader(val_set, dataset_opt, num_gpu=opt["num_gpu"], dist=opt["dist"]))
+    return train_set, sampler, train_loader, val_loaders
+
+
+def _latest_state(opt: dict[str, Any]) -> Path | None:
+    if opt.get("auto_resume"):
+        states = sorted(
+            Path(opt["path"]["training_states"]).glob("*.state"), key=lambda p: int(p.stem), reverse=True
+        )
+        return states[0] if states else None
+    path = opt["path"].get("resume_state")
+    return Path(path) if path else None
+
+
+def _set_log_file(logger: logging.Logger, log_file: Path | None, rank: int, level: int) -> logging.Handler | None:
+    logger.setLevel(level if rank == 0 else logging.ERROR)
+    if rank != 0 or log_file is None:
+        return None
+    handler = logging.FileHandler(log_file, "w")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s: %(message)s"))
+    logger.addHandler(handler)
+    return handler
+
+
+def _validate(model, val_loaders, current_iter: int, epoch: int, history: list, rank: int) -> dict:
+    results = {}
+    for loader in val_loaders:
+        model.validation(loader, current_iter, None, False)
+        if rank == 0 and getattr(model, "metric_results", None) is not None:
+            name = loader.dataset.opt["name"]
+            results[name] = {k: float(v) for k, v in model.metric_results.items()}
+            history.append({"iter": current_iter, "epoch": epoch, "dataset": name, **results[name]})
+    return results
+
+
+def run_training(opt: dict[str, Any], *, log_level: int = logging.INFO) -> RunResult:
+    """Train with finalized options (``options.finalize_options``); resumes from ``path.resume_state`` or,
+    with ``auto_resume``, from the newest state of this experiment."""
+    import pyiqa  # noqa: F401  (activates the plugin: archs resolve through pyiqa's registry)
+    from pyiqa.models import build_model
+    from pyiqa.utils import MessageLogger, get_root_logger, get_time_str, make_exp_dirs
+    from pyiqa.utils.options import dict2str
+
+    from iqa_plugins.weights import load_checkpoint
+
+    register_training()
+    opt = copy.deepcopy(opt)
+    rank = opt["rank"]
+    state_path = _latest_state(opt)
+    if state_path is None:
+        make_exp_dirs(opt)
+    elif not state_path.is_file():
+        raise FileNotFoundError(f"resume_state {str(state_path)!r} does not exist")
+    root = Path(opt["path"]["experiments_root"])
+
+    logger = get_root_logger("pyiqa")
+    handler = _set_log_file(logger, root / f"train_{opt['name']}_{get_time_str()}.log", rank, log_level)
+    try:
+        logger.info(dict2str(opt))
+        train_set, sampler, train_loader, val_loaders = _build_loaders(opt)
+        iters_per_epoch = len(train_loader)
+        train_opt = opt["train"]
+        if train_opt.get("total_epoch") is not None:
+            total_epochs = int(train_opt["total_epoch"])
+            total_iters = total_epochs * iters_per_epoch
+        elif train_opt.get("total_iter") is not None:
+            total_iters = int(train_opt["total_iter"])
+            total_epochs = math.ceil(total_iters / iters_per_epoch)
+        else:
+            raise ValueError("options need train.total_epoch or train.total_iter")
+        train_opt.update(iters_per_epoch=iters_per_epoch, total_iter=total_iters)
+        logger.info(
+            f"{len(train_set)} training images x {train_opt.get('dataset_enlarge_ratio', 1)} crops, "
+            f"{iters_per_epoch} iterations per epoch, {total_epochs} epochs ({total_iters} iterations)"
+        )
+
+        state = None
+        start_epoch, current_iter = 0, 0
+        if state_path is not None:
+            state = load_checkpoint(state_path)
+            start_epoch, current_iter = int(state["epoch"]), int(state["iter"])
+            # pyiqa's check_resume misses GeneralIQAModel's 'network' key: point the model at the weights.
+            opt["path"]["pretrain_network"] = str(Path(opt["path"]["models"]) / f"net_{current_iter}.pth")
+            opt["path"]["strict_load"] = True
+        model = build_model(opt)
+        if state is not None:
+            model.resume_training(state)
+            logger.info(f"Resumed from {state_path} (epoch {start_epoch}, iteration {current_iter}).")
+            sampler.skip = (current_iter - start_epoch * iters_per_epoch) * train_loader.batch_size
+
+        msg_logger = MessageLogger(opt, current_iter, None)
+        save_freq = int(float(opt["logger"].get("save_checkpoint_freq", 9e9)))
+        val_freq = int(float((opt.get("val") or {}).get("val_freq", 9e9)))
+        history: list[dict[str, Any]] = []
+        start = time.time()
+        epoch = start_epoch
+        for epoch in range(start_epoch, total_epochs):
+            if current_iter >= total_iters:
+                break
+            sampler.set_epoch(epoch)
+            for batch in train_loader:
+                current_iter += 1
+                model.feed_data(batch)
+                model.optimize_parameters(current_iter)
+                if current_iter % opt["logger"]["print_freq"] == 0 and rank == 0:
+                    msg_logger({
+                        "epoch": epoch, "iter": current_iter, "lrs": model.get_current_learning_rate(),
+                        "time": (time.time() - start) / max(1, current_iter), "data_time": 0.0,
+                        **model.get_current_log(),
+                    })
+                if current_iter % save_freq == 0:
+                    model.save(epoch, current_iter)
+                if current_iter % val_freq == 0 and current_iter < total_iters and val_loaders:
+                    _validate(model, val_loaders, current_iter, epoch, history, rank)
+                if current_iter >= total_iters:
+                    break
+            model.update_learning_rate(epoch + 2, warmup_iter=train_opt.get("warmup_iter", -1))
+
+        logger.info(f"Training done in {time.time() - start:.1f}s; saving the final model.")
+        model.save(epoch=-1, current_iter=-1)  # net_latest.pth, pyiqa's {'params': state_dict}
+        final = _validate(model, val_loaders, current_iter, epoch, history, rank) if val_loaders else {}
+        if opt["dist"]:
+            torch.distributed.barrier()
+        result = RunResult(opt["name"], root, current_iter, final, history, model=model)
+        if rank == 0:
+            result.checkpoint = Path(opt["path"]["models"]) / "net_latest.pth"
+            result.compact_checkpoint = _export_compact(opt, model, result.checkpoint)
+            (root / "history.json").write_text(json.dumps({"final": final, "history": history}, indent=1))
+        return result
+    finally:
+        if handler is not None:
+            logger.removeHandler(handler)
+            handler.close()
+
+
+def _export_compact(opt: dict[str, Any], model, pyiqa_checkpoint: Path) -> Path | None:
+    """Write the plugin's compact checkpoint next to pyiqa's, for archs that define one."""
+    from iqa_plugins.train.checkpoints import save_compact
+
+    net = model.get_bare_model(model.net)
+    return save_compact(opt, net, pyiqa_checkpoint.with_name("compact_latest.pth"))
+
+
+def install_to_cache(checkpoint: Path, arch_type: str) -> Path:
+    """Copy ``checkpoint`` into pyiqa's weight cache under the metric's default file name."""
+    from iqa_plugins.train.checkpoints import default_weights_filename
+    from iqa_plugins.weights import cache_dir
+
+    target = cache_dir() / default_weights_filename(arch_type)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(f".{target.name}.part")
+    shutil.copyfile(checkpoint, tmp)
+    tmp.replace(target)
+    return target
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# repeated random splits
+
+
+def _dataset_length(dataset_opt: dict[str, Any]) -> int:
+    from pyiqa.data import build_dataset
+
+    bare = {k: v for k, v in dataset_opt.items() if k not in ("split_file", "split_index", "augment")}
+    bare["phase"] = "train"
+    return len(build_dataset(bare))
+
+
+def make_random_splits(n: int, num_splits: int, train_ratio: float, seed: int) -> dict[int, dict[str, list[int]]]:
+    """pyiqa split-file content: ``{index: {'train': rows, 'val': rows}}`` for indices 1..num_splits."""
+    if not 0 < train_ratio < 1:
+        raise ValueError(f"train_ratio must be in (0, 1), got {train_ratio}")
+    n_train = int(round(train_ratio * n))
+    if not 0 < n_train < n:
+        raise ValueError(f"{n} rows cannot be split {train_ratio:.0%}/{1 - train_ratio:.0%}")
+    rng = np.random.default_rng(seed)
+    splits = {}
+    for index in range(1, num_splits + 1):
+        order = rng.permutation(n)
+        splits[index] = {"train": sorted(order[:n_train].tolist()), "val": sorted(order[n_train:].tolist())}
+    return splits
+
+
+def _summary(values: list[float]) -> dict[str, float]:
+    return {
+        "median": statistics.median(values), "mean": statistics.fmean(values),
+        "std": statistics.pstdev(values), "min": min(values), "max": max(values),
+    }
+
+
+def train_splits(
+    opt: dict[str, Any],
+    *,
+    num_splits: int,
+    train_ratio: float = 0.8,
+    seed: int = 123,
+    log_level: int = logging.INFO,
+) -> dict[str, Any]:
+    """Train once per random train/val split of the training meta file and tabulate the final results.
+
+    Every data set in ``opt['datasets']`` reading the training meta file gets the split (train rows for the
+    ``train`` phase, the rest for ``val``); other validation sets (cross-data-set tests) are used whole.
+    Returns the results table (also written to ``experiments/<name>/results.{json,csv}`` on rank 0).
+    """
+    import torch.distributed as dist
+
+    base_name = opt["name"]
+    summary_root = Path(opt["path"]["experiments_root"])
+    train_meta = opt["datasets"]["train"].get("meta_info_file")
+    n = _dataset_length(opt["datasets"]["train"])
+    splits = make_random_splits(n, num_splits, train_ratio, seed)
+    summary_root.mkdir(parents=True, exist_ok=True)
+    split_file = summary_root / f"random_splits_{num_splits}x{round(train_ratio * 100)}_seed{seed}.pkl"
+    if opt["rank"] == 0:
+        split_file.write_bytes(pickle.dumps(splits, protocol=4))
+    if opt["dist"]:
+        dist.barrier()
+
+    rows, runs = [], []
+    for index in range(1, num_splits + 1):
+        run_opt = copy.deepcopy(opt)
+        run_opt["name"] = f"{base_name}_split{index:02d}"
+        run_root = summary_root / run_opt["name"]
+        run_opt["path"].update(
+            experiments_root=str(run_root), models=str(run_root / "models"), log=str(run_root),
+            training_states=str(run_root / "training_states"), visualization=str(run_root / "visualization"),
+        )
+        for dataset_opt in run_opt["datasets"].values():
+            if dataset_opt.get("meta_info_file") == train_meta:
+                dataset_opt.pop("split_index", None)
+                dataset_opt.update(split_file=str(split_file), split_index=index)
+        result = run_training(run_opt, log_level=log_level)
+        runs.append(result)
+        for dataset, metrics in result.final_metrics.items():
+            rows.append({
+                "split": index, "dataset": dataset, "train_rows": len(splits[index]["train"]),
+                "val_rows": len(splits[index]["val"]), "iterations": result.iterations,
+                **{k: metrics[k] for k in ("srcc", "plcc") if k in metrics},
+                "checkpoint": str(result.compact_checkpoint or result.checkpoint),
+            })
+    table: dict[str, Any] = {
+        "name": base_name, "num_splits": num_splits, "train_ratio": train_ratio, "seed": seed,
+        "protocol": "final model of every split on its held-out rows; medians over ALL splits "
+                    "(no selection of runs or epochs on the test rows)",
+        "splits": rows, "summary": {},
+    }
+    for dataset in dict.fromkeys(r["dataset"] for r in rows):
+        mine = [r for r in rows if r["dataset"] == dataset]
+        table["summary"][dataset] = {k: _summary([r[k] for r in mine]) for k in ("srcc", "plcc") if k in mine[0]}
+    if opt["rank"] == 0 and rows:
+        (summary_root / "results.json").write_text(json.dumps(table, indent=1))
+        with (summary_root / "results.csv").open("w", newline="") as handle:
+            fields = ["split", "dataset", "train_rows", "val_rows", "iterations", "srcc", "plcc", "checkpoint"]
+            writer = csv.DictWriter(handle, fieldnames=fields, extrasaction="ignore")
+            writer.writeheader()
+            writer.writerows(rows)
+            for dataset, stats in table["summary"].items():
+                writer.writerow({"split": "median", "dataset": dataset,
+                                 **{k: stats[k]["median"] for k in stats}})
+    table["runs"] = runs
+    return table

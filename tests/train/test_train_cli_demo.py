@@ -1,0 +1,129 @@
+"""`iqa-plugins train` (DR.Experts small through pyiqa, ExIQA phases) and `iqa-plugins demo --tiny`."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from iqa_plugins.train import cli as train_cli
+from iqa_plugins.train import demo
+
+
+def _small_drexperts_options(images: Path, meta: Path) -> dict:
+    from iqa_plugins.train.demo import drexperts_options
+
+    opt = drexperts_options(images.parent, images.parent, epochs=1, batch=4)
+    for dataset in opt["datasets"].values():
+        dataset.update(dataroot_target=str(images), meta_info_file=str(meta))
+    opt["datasets"]["train"]["augment"]["random_crop"] = 32  # the tiny set's images are 32 px
+    opt["datasets"]["train"]["dataset_enlarge_ratio"] = 1
+    opt["network"]["config"]["img_size"] = 32
+    opt["network"]["num_crops"] = 2
+    opt["datasets"]["val"] = {**opt["datasets"]["train"], "augment": {}, "batch_size_per_gpu": 1}
+    opt["val"] = {"val_freq": 9e9, "metrics": {"srcc": {"type": "calculate_srcc"}}}
+    return opt
+
+
+@pytest.mark.slow
+def test_train_command_drexperts_small_installs_loadable_weights(tiny_set, tmp_path):
+    images, meta = tiny_set
+    options = tmp_path / "small.yml"
+    options.write_text(yaml.safe_dump(_small_drexperts_options(images, meta)))
+    env = {**os.environ, "TORCH_HOME": str(tmp_path / "torch_home")}
+    done = subprocess.run(
+        [sys.executable, "-m", "iqa_plugins", "train", "drexperts", "--opt", str(options), "--device", "cpu",
+         "--root", str(tmp_path), "--set", "train.total_epoch=2", "--install-to-cache", "--quiet"],
+        capture_output=True, text=True, env=env, timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    cached = tmp_path / "torch_home" / "hub" / "pyiqa" / "DRExperts_koniq10k.pth"
+    assert cached.is_file() and "installed to the cache" in done.stdout
+    compact = tmp_path / "experiments" / "demo_drexperts" / "models" / "compact_latest.pth"
+    pyiqa_format = compact.with_name("net_latest.pth")
+
+    import pyiqa
+
+    x = torch.rand(2, 3, 40, 48)
+    by_path = pyiqa.create_metric("drexperts", device="cpu", pretrained_model_path=str(compact))
+    by_params = pyiqa.create_metric("drexperts", device="cpu", pretrained_model_path=str(pyiqa_format),
+                                    config=by_path.net.arch_config, num_crops=2)
+    assert by_path.net.num_crops == 2  # the test protocol travelled with the compact checkpoint
+    torch.testing.assert_close(by_path(x), by_params(x))
+    trained = torch.load(pyiqa_format, weights_only=True)["params"]
+    assert torch.equal(by_path.net.score.weight, trained["score.weight"])
+
+
+def test_train_command_errors_name_the_problem(capsys, tmp_path):
+    parser = argparse.ArgumentParser()
+    train_cli.add_arguments(parser)
+    assert train_cli.main(parser.parse_args(["drexperts", "--dataset", "nope"])) == 2
+    assert "no drexperts recipe" in capsys.readouterr().err
+    code = train_cli.main(parser.parse_args(["drexperts", "--dataset", "koniq10k", "--dataroot", str(tmp_path / "x"),
+                                             "--meta-info", str(tmp_path / "m.csv")]))
+    assert code == 2 and "does not exist" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_demo_tiny_runs_every_step(tmp_path, monkeypatch):
+    """Photos -> generated + FR-labelled variants -> both models trained -> `pyiqa` and `iqa-plugins score`
+    through a demo-local cache -> held-out correlations; the user's cache stays untouched."""
+    user_home = tmp_path / "user_torch_home"
+    monkeypatch.setenv("TORCH_HOME", str(user_home))
+    parser = argparse.ArgumentParser()
+    demo.add_arguments(parser)
+    out = tmp_path / "demo"
+    assert demo.main(parser.parse_args(["--out", str(out), "--tiny"])) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    for metric in ("drexperts", "exiqa"):
+        figures = summary["models"][metric]
+        assert figures["iqa_plugins_score"]["n"] == 3 and figures["pyiqa_command"]["n"] == 3
+        # Both commands load the same demo weights: same ranking of the held-out images.
+        assert figures["iqa_plugins_score"]["srcc"] == pytest.approx(figures["pyiqa_command"]["srcc"], abs=1e-6)
+        header = (out / f"scores_{metric}.csv").read_text().splitlines()[0].split(",")
+        assert header[:2] == ["path", "score"] and len(header) > 2  # explanation columns
+    labels = (out / "data" / "train" / "meta_info.csv").read_text().splitlines()[1:]
+    values = [float(line.split(",")[1]) for line in labels]
+    assert len(values) == 9 and all(0 <= v <= 1 for v in values) and len(set(values)) > 1
+    assert (out / "torch_home" / "hub" / "pyiqa" / "DRExperts_koniq10k.pth").is_file()
+    assert not user_home.exists()
+
+
+@pytest.mark.slow
+def test_train_command_exiqa_phases(tmp_path, capsys):
+    from iqa_plugins.data.generator import generate_dataset
+
+    photos = demo.collect_photos(tmp_path / "all", size=(96, 80))
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for name in ("astronaut", "chelsea", "coffee", "rocket", "tid_I03"):
+        (folder / photos[name].name).write_bytes(photos[name].read_bytes())
+    data = tmp_path / "data"
+    assert generate_dataset(folder, data, variants=3, max_distortions=2, labeller="ssim",
+                            split_ratios=(0.6, 0.0, 0.4), progress=False).ok
+    parser = argparse.ArgumentParser()
+    train_cli.add_arguments(parser)
+    phase1 = tmp_path / "phase1.pth"
+    common = ["--data", str(data), "--batch-size", "4", "--epochs", "1", "--device", "cpu"]
+    assert train_cli.main(parser.parse_args(
+        ["exiqa", "--phase", "1", "--config", "small", "--out", str(phase1), *common])) == 0
+    report1 = json.loads(Path(f"{phase1}.json").read_text())
+    assert report1["held_out"] == "test" and report1["figures"]["num_images"] == 6
+    phase2 = tmp_path / "phase2.pth"
+    assert train_cli.main(parser.parse_args(
+        ["exiqa", "--phase", "2", "--init", str(phase1), "--out", str(phase2), *common])) == 0
+    assert "phase 2 on test: SRCC" in capsys.readouterr().out
+
+    from iqa_plugins.archs.exiqa_arch import ExIQA
+
+    first, second = ExIQA(pretrained_model_path=str(phase1)), ExIQA(pretrained_model_path=str(phase2))
+    # Phase 2 trains only the regressor: the distortion part is phase 1's, the regressor changed.
+    assert torch.equal(first.weight_logits, second.weight_logits)
+    assert not torch.equal(first.regressor[-1].weight, second.regressor[-1].weight)
