@@ -1,0 +1,9 @@
+"""ExIQA attribute scorer: P(a|I) and P(d|I) for a batch, compiled C++ (CPU/CUDA) with a PyTorch fallback.
+
+Public API: `attribute_scores`, `attribute_scores_reference`, `attribute_scores_backend`.
+"""
+
+from .op import attribute_scores, attribute_scores_backend
+from .reference import attribute_scores_reference
+
+__all__ = ["attribute_scores", "attribute_scores_backend", "attribute_scores_reference"]
