@@ -11,7 +11,7 @@ BENCH_MODE ?= full
 
 setup: $(STAMP)
 
-$(STAMP): pyproject.toml setup.py kernels/attribute_scorer/csrc/attribute_scorer.cpp
+$(STAMP): pyproject.toml setup.py $(wildcard kernels/attribute_scorer/csrc/*)
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip "setuptools<82" wheel ninja
 	$(PY) -m pip install --quiet $(TORCH_PINS)

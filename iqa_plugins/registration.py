@@ -17,10 +17,11 @@ ARCHS: dict[str, str] = {
 # pyiqa DEFAULT_CONFIGS entries. Names avoid the substring "fid" (special-cased by pyiqa).
 METRICS: dict[str, dict] = {
     "drexperts": {
-        "metric_opts": {"type": "DRExperts"},
+        "metric_opts": {"type": "DRExperts", "path": "fast"},
         "metric_mode": "NR",
         "lower_better": False,
-        "score_range": "depends on the checkpoint's training MOS scale",
+        # The default checkpoint is KonIQ-10k's (MOS_zscore, 0-100); others store their own range.
+        "score_range": "~0, ~100 (KonIQ-10k MOS scale; per checkpoint's mos_range)",
     },
     "exiqa": {
         "metric_opts": {"type": "ExIQA"},

@@ -127,7 +127,9 @@ def test_phase2_regressor_learns_mos_and_leaves_the_rest(labelled):
     with torch.no_grad():
         end = ((model(images).squeeze(1) - mos / 100) ** 2).mean()
     assert end < 0.5 * start
-    assert np.mean(history["epoch_loss"][-5:]) < np.mean(history["epoch_loss"][:5])
+    # Against the first epoch, where the untrained output (~0.5) is far from the targets: later epochs
+    # sit at a dropout-noise floor, so comparing windows of them would be a coin toss.
+    assert np.mean(history["epoch_loss"][-5:]) < history["epoch_loss"][0]
     assert all(torch.equal(v, model.state_dict()[k]) for k, v in frozen.items())
     metrics = evaluate_quality(model, loader, mos_range=(0, 100))
     with torch.no_grad():

@@ -1,0 +1,515 @@
+"""DR.Experts (Fu et al., AAAI 2026) as a pyiqa no-reference metric, exact to the authors' code.
+
+The network, as the authors' ``models/deit.py`` / ``models/din.py`` compute it (quirks kept, the trained
+weights depend on them):
+
+1. ``F = DeiT-III ViT-S/16-384(x)``: all 577 tokens after the final LayerNorm (timm ``deit3_small_patch16_384``).
+2. DA-CLIP controller on ``clip_normalise(resize_224(x))`` where x is *already ImageNet-normalised*
+   (double normalisation): pooled degradation feature ``E_dis`` (L2-normalised) and the last block's
+   zero-module output ``H``.
+3. ``E_T``: L2-normalised CLIP text features of the ten distortion words (a constant of the frozen weights).
+4. ``F_D^i = linears[i](norm1(E_dis * E_T[i]))`` (ten Linear(512, D), one shared LayerNorm).
+5. Key tokens ``K_i = norm3_hidden_feature([F_D^i ; upsample_7x7->24x24(L_hidden(H)[1:])])``.
+6. One DSDM shared by the experts, single head, scale 1/sqrt(D):
+   ``D_i = (softmax(W_q1(F_D^i) W_k1(K_i)^T s) - alpha softmax(W_q2(F_i) W_k2(F_i)^T s)) W_v([F_D^i ; F_i])``
+   with ``F_D^i`` broadcast to every row and ``F_i = norm_vit`` applied i+1 times to F (the authors' loop
+   reassigns it).
+7. ``G_i = (1 - lamda_init) * group_attn_ffn(attn_norm(D_i))`` (no residual).
+8. DDWM weights ``W_i = MLP([G_i, F, G_i - F])`` with PReLUs, not normalised; ``score = Linear(sum_i W_i F)[CLS]``.
+
+Two paths give the same score. ``literal`` runs the above as written (all 577 query rows, materialised
+attention matrices, the text tower per call when it is present). ``fast`` (default) computes only what
+reaches the score: the CLS row of every expert (M=1 query against 577 keys through the fused
+``iqa_plugins.kernels.diff_attention`` op), the key projections folded into the queries
+(``q.(W k + b) = (W^T q).k + q.b`` and softmax ignores the per-row constant ``q.b``), the value projection
+applied after the attention (the attention rows sum to ``1 - alpha``), the shared grid keys normalised once,
+the precomputed text features, and only row 0 of the FFN and of the weight generator.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import os
+import warnings
+from collections.abc import Sequence
+from typing import Any
+
+import timm
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from iqa_plugins.archs.daclip import (
+    CLIP_MEAN,
+    CLIP_STD,
+    DISTORTION_PROMPTS,
+    DAClipController,
+    build_clip,
+    encode_prompts,
+    text_tower,
+    tokenize_prompts,
+)
+from iqa_plugins.archs.drexperts_convert import CheckpointKeyError, Converted, read_checkpoint
+from iqa_plugins.kernels import diff_attention
+from iqa_plugins.weights import WeightsSpec, resolve_weights
+
+__all__ = ["CONFIGS", "DEFAULT_WEIGHTS", "DRExperts", "resolve_config"]
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+DEFAULT_WEIGHTS = WeightsSpec(
+    filename="DRExperts_koniq10k.pth",
+    how_to_make=(
+        "`iqa-plugins convert ckpt_epoch_N.pth --dataset koniq10k -o <cache dir>/DRExperts_koniq10k.pth` "
+        "(an official DR.Experts checkpoint; add --daclip daclip_ViT-B-32.pt if it lacks the head.* weights), "
+        "or train one with `iqa-plugins train drexperts ...`"
+    ),
+)
+
+# Named sizes of the same code. "paper": DeiT-III ViT-S/16 at 384 + DA-CLIP ViT-B/32. "small": a tiny ViT
+# of the same structure (layer scale, no pos-embed on CLS) and a tiny CLIP, for tests and demos.
+CONFIGS: dict[str, dict[str, Any]] = {
+    "paper": {
+        "backbone": "deit3_small_patch16_384",
+        "backbone_kwargs": {},
+        "img_size": 384,
+        "clip": "ViT-B-32",
+        "ddwm_dims": [384, 32, 16],
+    },
+    "small": {
+        "backbone": "deit3_small_patch16_384",
+        "backbone_kwargs": {"embed_dim": 64, "depth": 2, "num_heads": 2},
+        "img_size": 384,
+        "clip": {
+            "embed_dim": 64,
+            "vision_cfg": {"image_size": 224, "patch_size": 32, "width": 64, "layers": 2, "head_width": 32},
+            "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 64, "heads": 2, "layers": 2},
+        },
+        "ddwm_dims": [32, 16, 8],
+    },
+}
+
+
+def resolve_config(config: str | dict[str, Any]) -> dict[str, Any]:
+    """A config name, or a dict of overrides on ``config["base"]`` (default "paper"), as a full config dict."""
+    if isinstance(config, str):
+        if config not in CONFIGS:
+            raise ValueError(f"config={config!r}: unknown; choose one of {sorted(CONFIGS)} or pass a dict")
+        return copy.deepcopy(CONFIGS[config])
+    if not isinstance(config, dict):
+        raise TypeError(f"config must be a name or a dict, got {type(config).__name__}")
+    overrides = dict(config)
+    resolved = resolve_config(overrides.pop("base", "paper"))
+    unknown = set(overrides) - set(resolved)
+    if unknown:
+        raise ValueError(f"config: unknown keys {sorted(unknown)}; allowed: {sorted(resolved)} and 'base'")
+    resolved.update(copy.deepcopy(overrides))
+    return resolved
+
+
+class DSDM(nn.Module):
+    """The differential attention shared by all experts (official ``diff_attention`` module)."""
+
+    def __init__(self, dim: int, alpha: float = 0.5) -> None:
+        super().__init__()
+        self.dim = dim
+        self.W_q1 = nn.Linear(dim, dim)
+        self.W_q2 = nn.Linear(dim, dim)
+        self.W_k1 = nn.Linear(dim, dim)
+        self.W_k2 = nn.Linear(dim, dim)
+        self.W_v = nn.Linear(2 * dim, dim)
+        self.alpha = nn.Parameter(torch.tensor(alpha))
+
+    def literal(self, expert_token: Tensor, feats: Tensor, keys: Tensor) -> Tensor:
+        """All rows, as the authors compute them: (B, D), (B, N, D), (B, N, D) -> (B, N, D)."""
+        x1 = expert_token[:, None].expand(-1, feats.shape[1], -1)
+        v = self.W_v(torch.cat([x1, feats], dim=-1))
+        s = 1.0 / math.sqrt(self.dim)
+        a1 = torch.softmax((self.W_q1(x1) @ self.W_k1(keys).transpose(-1, -2)) * s, dim=-1)
+        a2 = torch.softmax((self.W_q2(feats) @ self.W_k2(feats).transpose(-1, -2)) * s, dim=-1)
+        return (a1 - self.alpha * a2) @ v
+
+
+class DDWM(nn.Module):
+    """Dynamic expert weighting (the authors' DIN activation unit): MLP([G, F, G - F]) -> one weight per token."""
+
+    def __init__(self, dim: int, hidden: Sequence[int]) -> None:
+        super().__init__()
+        layers: list[nn.Module] = []
+        width = 3 * dim
+        for size in hidden:
+            layers += [nn.Linear(width, size), nn.PReLU()]
+            width = size
+        layers.append(nn.Linear(width, 1))
+        self.fc = nn.Sequential(*layers)
+
+    def forward(self, refined: Tensor, feats: Tensor) -> Tensor:
+        return self.fc(torch.cat([refined, feats, refined - feats], dim=-1))
+
+
+class DRExperts(nn.Module):
+    """DR.Experts no-reference IQA metric.
+
+    Args:
+        pretrained: load weights (True) or keep a random initialisation on purpose (False).
+        pretrained_model_path: a checkpoint path, or a list of paths merged in order (later files override
+            earlier ones): the project's compact file, pyiqa's ``{"params": ...}``, an official
+            ``ckpt_epoch_N.pth`` or its bare state dict, a DA-CLIP ``daclip_ViT-B-32.pt`` (controller and text
+            tower only: combine it with a file holding the rest). None: the default ``DRExperts_koniq10k.pth``
+            in pyiqa's cache (no download exists; the error says how to make it).
+        config: "paper" or "small", or a dict of overrides with an optional "base". Default: the compact
+            checkpoint's own config, else "paper".
+        num_crops: crops averaged per image. Default: the checkpoint's test protocol (e.g. 15 for KonIQ), 1
+            without one.
+        resize: (h, w) resize before cropping, None for none, or "checkpoint" (default) for the checkpoint's
+            protocol (KonIQ: (512, 384), as the authors' torchvision ``Resize((512, 384))``).
+        path: "fast" (default) or "literal"; both return the same score.
+        keep_text_tower: keep the CLIP text tower so that the literal path encodes the prompts every call, as
+            the authors' code does (needs a checkpoint that has it, or pretrained=False).
+        crop_seed: seed of the crop positions when num_crops > 1.
+
+    Test-time protocol (the authors': resize, n random crops of the model's size, mean score), made
+    deterministic: one crop is the centre crop; n > 1 crops are drawn uniformly over the valid offsets from
+    a generator seeded with ``crop_seed`` (the same offsets every call). The authors' random test-time flips
+    are not applied. An image whose shorter side is below the crop size after resizing (torchvision's
+    RandomCrop would raise) is first upscaled bilinearly so that its shorter side equals the crop size,
+    keeping its aspect ratio. So a (crop x crop) input with num_crops=1 is scored exactly as given.
+    Inputs: RGB (or grey, repeated) float tensors in [0, 1], (N, C, H, W), any size; output (N, 1).
+    """
+
+    def __init__(
+        self,
+        pretrained: bool = True,
+        pretrained_model_path: str | os.PathLike | Sequence[str | os.PathLike] | None = None,
+        config: str | dict[str, Any] | None = None,
+        num_crops: int | None = None,
+        resize: Sequence[int] | None | str = "checkpoint",
+        path: str = "fast",
+        keep_text_tower: bool = False,
+        crop_seed: int = 0,
+    ) -> None:
+        super().__init__()
+        loaded = self._read(pretrained_model_path) if pretrained else []
+        stored = [c for c in loaded if c.config is not None]
+        cfg = resolve_config(config if config is not None else (stored[0].config if stored else "paper"))
+        for c in stored:
+            if resolve_config(c.config) != cfg:
+                raise ValueError(f"config={config!r} differs from the checkpoint's own config {c.config!r}")
+        self.arch_config = cfg
+        self.path = path
+        self.crop_seed = int(crop_seed)
+
+        has_text = any(c.text for c in loaded)
+        if keep_text_tower and pretrained and not has_text:
+            raise ValueError("keep_text_tower=True needs a checkpoint with the CLIP text tower (official or DA-CLIP);"
+                             " compact checkpoints store only the precomputed text features")
+        self._build(cfg, with_text=has_text or not pretrained)
+        if pretrained:
+            self._load(loaded)
+        else:
+            with torch.no_grad():
+                self.text_features.copy_(encode_prompts(self.text_encoder, self.prompt_tokens))
+        if not keep_text_tower:
+            self.text_encoder = None
+
+        protocols = [c.protocol for c in loaded if c.protocol is not None]
+        self.protocol: dict[str, Any] = dict(protocols[-1]) if protocols else {
+            "resize": None, "num_crops": 1, "mos_range": None, "lower_better": False, "dataset": None,
+        }
+        self.num_crops = int(self.protocol["num_crops"] if num_crops is None else num_crops)
+        if self.num_crops < 1:
+            raise ValueError(f"num_crops must be >= 1, got {num_crops}")
+        resize = self.protocol["resize"] if isinstance(resize, str) and resize == "checkpoint" else resize
+        if resize is not None and (len(resize) != 2 or min(resize) < 1):
+            raise ValueError(f"resize must be (height, width), None or 'checkpoint', got {resize!r}")
+        self.resize = None if resize is None else (int(resize[0]), int(resize[1]))
+
+    # ------------------------------------------------------------------------------------------------------
+    # construction and loading
+
+    @staticmethod
+    def _read(path: Any) -> list[Converted]:
+        if path is None:
+            return [read_checkpoint(resolve_weights(DEFAULT_WEIGHTS))]
+        paths = [path] if isinstance(path, (str, os.PathLike)) else list(path)
+        if not paths:
+            raise ValueError("pretrained_model_path is an empty list")
+        return [read_checkpoint(resolve_weights(DEFAULT_WEIGHTS, p)) for p in paths]
+
+    def _build(self, cfg: dict[str, Any], with_text: bool) -> None:
+        self.backbone = timm.create_model(
+            cfg["backbone"], pretrained=False, num_classes=0, img_size=cfg["img_size"], **cfg["backbone_kwargs"]
+        )
+        dim = self.backbone.embed_dim
+        self.embed_dim = dim
+        clip = build_clip(cfg["clip"], device=torch.get_default_device())
+        clip_dim = clip.text_projection.shape[1]
+        self.controller = DAClipController(clip.visual)
+        self.text_encoder = text_tower(clip) if with_text else None
+        for module in (self.controller, self.text_encoder):
+            if module is not None:
+                module.requires_grad_(False)  # DA-CLIP is frozen in the authors' training
+        self.register_buffer("text_features", torch.zeros(len(DISTORTION_PROMPTS), clip_dim))
+        self.register_buffer("prompt_tokens", tokenize_prompts(), persistent=False)
+        self.register_buffer("imagenet_mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("imagenet_std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("clip_mean", torch.tensor(CLIP_MEAN).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("clip_std", torch.tensor(CLIP_STD).view(1, 3, 1, 1), persistent=False)
+
+        experts = len(DISTORTION_PROMPTS)
+        self.norm1 = nn.LayerNorm(clip_dim)
+        self.linears = nn.ModuleList(nn.Linear(clip_dim, dim) for _ in range(experts))
+        self.L_hidden = nn.Linear(self.controller.transformer.transformer.width, dim)
+        self.norm3_hidden_feature = nn.LayerNorm(dim)
+        self.norm_vit = nn.LayerNorm(dim)
+        self.dsdm = DSDM(dim)
+        self.attn_norm = nn.LayerNorm(dim)
+        self.group_attn_ffn = nn.Sequential(nn.Linear(dim, dim), nn.GELU(), nn.Linear(dim, dim))
+        self.lamda_init = nn.Parameter(torch.zeros(1, dim))
+        self.ddwm = DDWM(dim, cfg["ddwm_dims"])
+        self.score = nn.Linear(dim, 1)
+
+    def _load(self, loaded: list[Converted]) -> None:
+        arch: dict[str, Tensor] = {}
+        text: dict[str, Tensor] = {}
+        unused: list[str] = []
+        for c in loaded:
+            arch.update(c.arch)
+            text.update(c.text)
+            unused += c.unused
+        if text:
+            _load_exact(self.text_encoder, text, "the CLIP text tower")
+            with torch.no_grad():
+                arch["text_features"] = encode_prompts(self.text_encoder, self.prompt_tokens)
+        own = {k: v for k, v in self.state_dict().items() if not k.startswith("text_encoder.")}
+        missing = sorted(set(own) - set(arch))
+        unexpected = sorted(set(arch) - set(own))
+        wrong = sorted(k for k in set(own) & set(arch) if tuple(own[k].shape) != tuple(arch[k].shape))
+        if missing or unexpected or wrong:
+            raise CheckpointKeyError(_key_report("DR.Experts", missing, unexpected, wrong, own, arch))
+        if unused:
+            warnings.warn(
+                f"DR.Experts: ignored {len(unused)} checkpoint key(s) the metric does not use (documented: "
+                f"backbone.head.*, L1.*, L2.*, the CLIP visual tower and its head.visual.* alias, logit_scale): "
+                f"{_summarise(unused)}",
+                stacklevel=3,
+            )
+        self.load_state_dict(arch, strict=False)  # the key sets were checked above; the text tower is loaded
+
+    @torch.no_grad()
+    def refresh_text_features(self) -> None:
+        """Recompute the cached prompt features from the kept text tower (after changing its weights)."""
+        if self.text_encoder is None:
+            raise RuntimeError("DR.Experts: no text tower kept (build with keep_text_tower=True)")
+        self.text_features.copy_(encode_prompts(self.text_encoder, self.prompt_tokens))
+
+    # ------------------------------------------------------------------------------------------------------
+    # the test-time protocol
+
+    def _check(self, x: Any) -> Tensor:
+        if not isinstance(x, Tensor):
+            raise TypeError(f"DR.Experts: x must be a torch.Tensor, got {type(x).__name__}")
+        if not x.is_floating_point():
+            raise TypeError(f"DR.Experts: x must be a float tensor with values in [0, 1], got dtype {x.dtype}")
+        if x.dim() != 4:
+            raise ValueError(f"DR.Experts: x must be (N, C, H, W), got shape {tuple(x.shape)}")
+        if x.shape[1] == 1:
+            x = x.expand(-1, 3, -1, -1)
+        elif x.shape[1] != 3:
+            raise ValueError(f"DR.Experts: x must have 1 or 3 channels, got {x.shape[1]} (shape {tuple(x.shape)})")
+        if x.shape[0] == 0 or x.shape[2] == 0 or x.shape[3] == 0:
+            raise ValueError(f"DR.Experts: x is empty, shape {tuple(x.shape)}")
+        return x
+
+    def _prepared(self, x: Tensor) -> tuple[Tensor, list[tuple[int, int]]]:
+        """Resized (and if needed upscaled) image and the crop offsets of the protocol."""
+        x = self._check(x)
+        if self.resize is not None and tuple(x.shape[-2:]) != self.resize:
+            x = F.interpolate(x, size=self.resize, mode="bilinear", align_corners=False, antialias=True)
+        size = self.arch_config["img_size"]
+        h, w = x.shape[-2:]
+        if min(h, w) < size:
+            scale = size / min(h, w)
+            x = F.interpolate(x, size=(max(size, round(h * scale)), max(size, round(w * scale))),
+                              mode="bilinear", align_corners=False)
+            h, w = x.shape[-2:]
+        if self.num_crops == 1:
+            return x, [((h - size) // 2, (w - size) // 2)]
+        generator = torch.Generator().manual_seed(self.crop_seed)
+        tops = torch.randint(0, h - size + 1, (self.num_crops,), generator=generator).tolist()
+        lefts = torch.randint(0, w - size + 1, (self.num_crops,), generator=generator).tolist()
+        return x, list(zip(tops, lefts))
+
+    def _crop(self, x: Tensor, offset: tuple[int, int]) -> Tensor:
+        size = self.arch_config["img_size"]
+        top, left = offset
+        crop = x[..., top:top + size, left:left + size]
+        return (crop - self.imagenet_mean.to(crop.dtype)) / self.imagenet_std.to(crop.dtype)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """Quality of RGB images in [0, 1], (N, 3, H, W) -> (N, 1), averaged over the protocol's crops."""
+        image, offsets = self._prepared(x)
+        scores = [self.score_crops(self._crop(image, offset)) for offset in offsets]
+        return torch.stack(scores, dim=1).mean(dim=1, keepdim=True)
+
+    def score_crops(self, crops: Tensor, path: str | None = None) -> Tensor:
+        """Model output for ImageNet-normalised crops of the model's size: (B, 3, S, S) -> (B,)."""
+        path = self.path if path is None else path
+        if path == "fast":
+            return self._fast(crops)["score"]
+        if path == "literal":
+            return self._literal(crops)
+        raise ValueError(f"path must be 'fast' or 'literal', got {path!r}")
+
+    # ------------------------------------------------------------------------------------------------------
+    # the network
+
+    def _shared(self, crops: Tensor, literal: bool) -> tuple[Tensor, Tensor, list[Tensor]]:
+        """Backbone tokens F, expert tokens F_D (B, E, D) and the controller's zero-module outputs (all of
+        them on the literal path, the last one on the fast path)."""
+        feats = self.backbone.forward_features(crops)
+        # The authors resize and CLIP-normalise the already ImageNet-normalised crop (double normalisation).
+        da = F.interpolate(crops, size=self.controller.image_size, mode="bilinear", align_corners=False)
+        da = (da - self.clip_mean.to(da.dtype)) / self.clip_std.to(da.dtype)
+        degradation, hiddens = self.controller(da, all_hiddens=literal)
+        degradation = degradation / degradation.norm(dim=-1, keepdim=True)
+        if self.text_encoder is not None and literal:
+            text = encode_prompts(self.text_encoder, self.prompt_tokens)
+        else:
+            text = self.text_features
+        mixed = self.norm1(text[None].to(degradation.dtype) * degradation[:, None])
+        experts = torch.stack([linear(mixed[:, i]) for i, linear in enumerate(self.linears)], dim=1)
+        return feats, experts, hiddens
+
+    def _grid_tokens(self, hidden: Tensor) -> Tensor:
+        """L_hidden of the controller's patch tokens, bilinearly resized to the backbone's grid: (B, g*g, D)."""
+        tokens = self.L_hidden(hidden)[:, 1:]
+        gh, gw = self.controller.grid_size
+        grid = tokens.reshape(tokens.shape[0], gh, gw, -1).permute(0, 3, 1, 2)
+        grid = F.interpolate(grid, size=tuple(self.backbone.patch_embed.grid_size), mode="bilinear",
+                             align_corners=False)
+        return grid.permute(0, 2, 3, 1).reshape(tokens.shape[0], -1, tokens.shape[-1])
+
+    def _literal(self, crops: Tensor) -> Tensor:
+        feats, experts, hiddens = self._shared(crops, literal=True)
+        n_experts = experts.shape[1]
+        grid = self._grid_tokens(hiddens[-1])
+        keys = torch.cat([experts[:, :, None], grid[:, None].expand(-1, n_experts, -1, -1)], dim=2)
+        refined, current = [], feats
+        for i in range(n_experts):
+            current = self.norm_vit(current)  # reassigned in the loop: expert i sees norm_vit applied i+1 times
+            refined.append(self.dsdm.literal(experts[:, i], current, self.norm3_hidden_feature(keys[:, i])))
+        grouped = self.group_attn_ffn(self.attn_norm(torch.stack(refined, dim=1))) * (1 - self.lamda_init)
+        tokens = feats[:, None].expand_as(grouped)
+        weights = self.ddwm(grouped, tokens)  # (B, E, N, 1), not normalised
+        pooled = (tokens * weights).sum(dim=1)
+        return self.score(pooled[:, 0]).squeeze(-1)
+
+    def _fast(self, crops: Tensor, details: bool = False) -> dict[str, Tensor]:
+        feats, experts, hiddens = self._shared(crops, literal=False)
+        dsdm, dim = self.dsdm, self.embed_dim
+        grid_keys = self.norm3_hidden_feature(self._grid_tokens(hiddens[-1]))  # the same for every expert
+        expert_keys = self.norm3_hidden_feature(experts)
+        # Key projections folded into the queries (the dropped q.b term is constant along each softmax row).
+        q1 = dsdm.W_q1(experts) @ dsdm.W_k1.weight
+        scale = 1.0 / math.sqrt(dim)
+        rows, maps, current = [], [], feats
+        for i in range(experts.shape[1]):
+            current = self.norm_vit(current)
+            q2 = dsdm.W_q2(current[:, :1]) @ dsdm.W_k2.weight
+            dtype = q2.dtype
+            k1 = torch.cat([expert_keys[:, i:i + 1], grid_keys], dim=1).to(dtype)
+            values = current.to(dtype)[:, None]
+            out = diff_attention(q1[:, i:i + 1, None].to(dtype), k1[:, None], q2[:, None], values, values,
+                                 dsdm.alpha, scale=scale)
+            rows.append(out[:, 0, 0])
+            if details:
+                p1 = torch.softmax((k1 @ q1[:, i, :, None].to(dtype)).squeeze(-1) * scale, dim=-1)
+                p2 = torch.softmax((values[:, 0] @ q2[:, 0, :, None]).squeeze(-1) * scale, dim=-1)
+                maps.append(p1 - dsdm.alpha * p2)
+        alpha = dsdm.alpha
+        w_expert, w_feat = dsdm.W_v.weight.split(dim, dim=1)
+        # W_v([F_D ; F]) after attention rows summing to 1 - alpha: the F_D half and the bias scale by 1 - alpha.
+        refined = (1 - alpha) * F.linear(experts, w_expert, dsdm.W_v.bias) + torch.stack(rows, 1) @ w_feat.t()
+        grouped = self.group_attn_ffn(self.attn_norm(refined)) * (1 - self.lamda_init)
+        cls = feats[:, 0]
+        weights = self.ddwm(grouped, cls[:, None].expand_as(grouped)).squeeze(-1)  # (B, E)
+        result = {"score": self.score(cls * weights.sum(dim=1, keepdim=True)).squeeze(-1), "weights": weights}
+        if details:
+            result["attention"] = torch.stack(maps, dim=1)  # (B, E, 1 + g*g): refined CLS attention per expert
+        return result
+
+    # ------------------------------------------------------------------------------------------------------
+    # explanations
+
+    @torch.no_grad()
+    def explain(self, x: Tensor, top_k: int = 3) -> dict[str, Any]:
+        """Score and its explanation under the forward's protocol.
+
+        Returns: "score" (B,); "per_distortion": {prompt word: (B,)} the experts' DDWM weights on the CLS
+        token, averaged over crops (unnormalised, as the model uses them); "expert_weights" (B, 10);
+        "top_experts": (B, top_k) indices of the largest weights; "top_expert_names": their words;
+        "attention_maps": (B, top_k, g, g) the top experts' refined CLS attention (softmax1 - alpha softmax2)
+        over the backbone's patch grid, on the first crop; "attention_cls" (B, top_k) its weight on token 0
+        (the expert token); "attention_crop": (top, left, size) of that crop in the resized image.
+        """
+        image, offsets = self._prepared(x)
+        scores, weights, first = [], [], None
+        for offset in offsets:
+            out = self._fast(self._crop(image, offset), details=first is None)
+            first = out if first is None else first
+            scores.append(out["score"])
+            weights.append(out["weights"])
+        score = torch.stack(scores, 1).mean(1)
+        mean_weights = torch.stack(weights, 1).mean(1)
+        top_k = min(top_k, mean_weights.shape[1])
+        top = mean_weights.topk(top_k, dim=1).indices
+        attention = first["attention"].gather(1, top[..., None].expand(-1, -1, first["attention"].shape[-1]))
+        gh, gw = self.backbone.patch_embed.grid_size
+        return {
+            "score": score,
+            "per_distortion": {name: mean_weights[:, i] for i, name in enumerate(DISTORTION_PROMPTS)},
+            "expert_weights": mean_weights,
+            "top_experts": top,
+            "top_expert_names": [[DISTORTION_PROMPTS[j] for j in row] for row in top.tolist()],
+            "attention_maps": attention[..., 1:].reshape(*top.shape, gh, gw),
+            "attention_cls": attention[..., 0],
+            "attention_crop": (*offsets[0], self.arch_config["img_size"]),
+        }
+
+
+def _summarise(keys: list[str], limit: int = 12) -> str:
+    """Key list grouped by their first two name parts, so 600 tower keys read as a few lines."""
+    groups: dict[str, int] = {}
+    for key in keys:
+        head = ".".join(key.split(".")[:2])
+        groups[head] = groups.get(head, 0) + 1
+    items = [f"{head}.* ({n})" if n > 1 else head for head, n in sorted(groups.items())]
+    return ", ".join(items[:limit]) + (f", ... ({len(items) - limit} more groups)" if len(items) > limit else "")
+
+
+def _key_report(what: str, missing: list[str], unexpected: list[str], wrong: list[str],
+                own: dict[str, Tensor], given: dict[str, Tensor]) -> str:
+    lines = [f"The checkpoint does not fit {what} (names after conversion to this model's layout):"]
+    if missing:
+        lines.append(f"missing {len(missing)} key(s): {', '.join(missing[:60])}" + (" ..." if len(missing) > 60 else ""))
+    if unexpected:
+        lines.append(f"unexpected {len(unexpected)} key(s): {', '.join(unexpected[:60])}"
+                     + (" ..." if len(unexpected) > 60 else ""))
+    if wrong:
+        lines.append("wrong shapes: " + ", ".join(
+            f"{k} {tuple(given[k].shape)} vs expected {tuple(own[k].shape)}" for k in wrong[:30]))
+        lines.append("(is the config right? pass config='small' or 'paper')")
+    return "\n".join(lines)
+
+
+def _load_exact(module: nn.Module, state: dict[str, Tensor], what: str) -> None:
+    own = module.state_dict()
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    wrong = sorted(k for k in set(own) & set(state) if tuple(own[k].shape) != tuple(state[k].shape))
+    if missing or unexpected or wrong:
+        raise CheckpointKeyError(_key_report(what, missing, unexpected, wrong, own, state))
+    module.load_state_dict(state)
