@@ -11,7 +11,9 @@ pytestmark = pytest.mark.slow
 # metric name -> (arch module, compact-checkpoint writer, default file name in pyiqa's cache)
 MODELS = {
     "exiqa": ("iqa_plugins.archs.exiqa_arch", "save_pretrained", "ExIQA_kadid10k.pth"),
+    "drexperts": ("iqa_plugins.archs.drexperts_convert", "save_pretrained", "DRExperts_koniq10k.pth"),
 }
+ARCHS = {"exiqa": ("iqa_plugins.archs.exiqa_arch", "ExIQA"), "drexperts": ("iqa_plugins.archs.drexperts_arch", "DRExperts")}
 
 
 @pytest.fixture
@@ -27,11 +29,10 @@ def photos(tmp_path):
 def _small_checkpoint(name: str, path) -> None:
     import importlib
 
-    module_name, writer, _ = MODELS[name]
-    module = importlib.import_module(module_name)
-    arch = {"exiqa": "ExIQA", "drexperts": "DRExperts"}[name]
-    model = getattr(module, arch)(pretrained=False, config="small").eval()
-    getattr(module, writer)(model, path)
+    arch_module, arch = ARCHS[name]
+    model = getattr(importlib.import_module(arch_module), arch)(pretrained=False, config="small").eval()
+    writer_module, writer, _ = MODELS[name]
+    getattr(importlib.import_module(writer_module), writer)(model, path)
 
 
 @pytest.mark.parametrize("name", sorted(MODELS))
