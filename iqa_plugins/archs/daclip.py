@@ -29,9 +29,9 @@ __all__ = [
     "ControlTransformer",
     "DAClipController",
     "build_clip",
-    "tokenize_prompts",
-    "text_tower",
     "encode_prompts",
+    "text_tower",
+    "tokenize_prompts",
 ]
 
 # The ten degradation words of DA-CLIP, in the order DR.Experts' experts use them (no prompt template).

@@ -50,7 +50,11 @@ from iqa_plugins.archs.daclip import (
     text_tower,
     tokenize_prompts,
 )
-from iqa_plugins.archs.drexperts_convert import CheckpointKeyError, Converted, read_checkpoint
+from iqa_plugins.archs.drexperts_convert import (
+    CheckpointKeyError,
+    Converted,
+    read_checkpoint,
+)
 from iqa_plugins.kernels import diff_attention
 from iqa_plugins.weights import WeightsSpec, resolve_weights
 

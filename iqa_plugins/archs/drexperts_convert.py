@@ -46,12 +46,12 @@ __all__ = [
     "DATASET_PROTOCOLS",
     "CheckpointKeyError",
     "Converted",
-    "convert_official",
+    "add_arguments",
     "convert_daclip",
+    "convert_official",
+    "main",
     "read_checkpoint",
     "save_pretrained",
-    "add_arguments",
-    "main",
 ]
 
 COMPACT_FORMAT = "iqa_plugins.drexperts/1"
@@ -215,7 +215,7 @@ def read_checkpoint(path: str | Path) -> Converted:
         out.config, out.protocol = dict(obj["config"]), dict(obj["protocol"])
         return out
     if isinstance(obj, Mapping) and isinstance(obj.get("format"), str):
-        raise ValueError(f"{name}: checkpoint format {obj['format']!r} is not {COMPACT_FORMAT!r}")
+        raise ValueError(f"{name}: checkpoint format {obj['format']!r} is not {COMPACT_FORMAT!r}")  # noqa: TRY004
     for wrapper, kind in (("params", "params"), ("model", "official"), ("state_dict", "daclip")):
         if isinstance(obj, Mapping) and wrapper in obj and _is_state_dict(obj[wrapper]):
             state = obj[wrapper]
@@ -229,7 +229,7 @@ def read_checkpoint(path: str | Path) -> Converted:
         state, kind = obj, None
     if kind is None or kind == "daclip":
         # A bare or wrapped state dict: recognise its layout from its names.
-        stripped = [k[len("module."):] if k.startswith("module.") else k for k in state]
+        stripped = [k.removeprefix("module.") for k in state]
         if any(k.startswith("backbone.") and "gamma_1" in k for k in stripped) or any(k.startswith("head.") for k in stripped):
             kind = "official"
         elif any(k.startswith("visual_control.") for k in stripped):

@@ -36,10 +36,16 @@ from typing import Any
 import numpy as np
 
 SKIMAGE_PHOTOS = ("astronaut", "chelsea", "coffee", "hubble_deep_field", "immunohistochemistry",
-                  "stereo_motorcycle", "retina", "rocket", "camera", "coins", "moon", "grass", "gravel", "brick")
+                  "stereo_motorcycle", "retina", "rocket", "camera", "coins", "moon", "grass", "gravel", "brick", "clock",
+                  "cell")
 HELD_OUT = ("coffee", "camera", "tid_I19", "gravel")  # one of each kind: colour, grey, TID2013, texture
-PHOTO_SIZE = (224, 176)  # (width, height): MS-SSIM's 5 scales need a side >= 176
+PHOTO_SIZE = (176, 176)  # (width, height): MS-SSIM's 5 scales need a side >= 176; labelling cost grows with area
 CROP = 128
+# The small DeiT-III backbone keeps DeiT-III's layer scale, whose 1e-6 initial value suits fine-tuning
+# pretrained weights; from random initialisation it leaves the CLS token (the only token DR.Experts scores)
+# nearly image-independent for hundreds of steps, so the demo starts the layer scale at 0.1.
+BACKBONE_INIT_VALUES = 0.1
+TARGET_SRCC = 0.7  # issue 8's goal for the held-out SRCC of both demo models
 
 
 class FullReferenceLabeller:
@@ -69,8 +75,11 @@ class FullReferenceLabeller:
         return float(np.mean([min(max(v, 0.0), 1.0) for v in values]))
 
 
-def collect_photos(folder: Path, size: tuple[int, int] = PHOTO_SIZE) -> dict[str, Path]:
-    """Write the offline photos, resized and centre-cropped to ``size``, as PNGs; returns name -> path."""
+def collect_photos(folder: Path, size: tuple[int, int] = PHOTO_SIZE, zoomed: bool = False) -> dict[str, Path]:
+    """Write the offline photos, resized and centre-cropped to ``size``, as PNGs; returns name -> path.
+
+    ``zoomed`` also writes ``<name>_zoom``: the photo's central half (per side) resized to ``size``, a second
+    view of the same content at another scale (the demo uses it for training photos only)."""
     import skimage.data
     from PIL import Image, ImageOps
 
@@ -85,6 +94,11 @@ def collect_photos(folder: Path, size: tuple[int, int] = PHOTO_SIZE) -> dict[str
     calibra = Path(pyiqa.__file__).resolve().parent.parent / "ResultsCalibra" / "ref_dir"
     for path in sorted(calibra.glob("*.bmp")):
         images[f"tid_{path.stem}"] = Image.open(path).convert("RGB")
+    if zoomed:
+        for name, image in list(images.items()):
+            w, h = image.size
+            side = min(w, h) // 2
+            images[f"{name}_zoom"] = image.crop(((w - side) // 2, (h - side) // 2, (w + side) // 2, (h + side) // 2))
     paths = {}
     for name, image in images.items():
         path = folder / f"{name}.png"
@@ -107,23 +121,26 @@ def _correlations(pred: list[float], true: list[float]) -> dict[str, float]:
 
 def drexperts_options(data: Path, root: Path, epochs: int, batch: int) -> dict[str, Any]:
     """The DR.Experts recipe (RecipeIQAModel, AdamW + per-iteration warm-up/step schedule, SmoothL1, clipping,
-    flips + random crops, several crops per image) shortened for the demo: a small model at 128 px."""
+    flips + random crops, several crops per image) for a small model at 128 px trained from scratch: the
+    authors' 3-epoch warm-up and 3-epoch steps suit 9 epochs of fine-tuning pretrained weights, so the demo
+    warms up for half an epoch and keeps the peak rate until two epochs before the end."""
     from iqa_plugins.archs.drexperts_arch import CONFIGS
 
     clip = copy.deepcopy(CONFIGS["small"]["clip"])
     clip["vision_cfg"]["image_size"] = 96  # a 3x3 DA-CLIP grid: the small prior's cost stays low
+    backbone = {**CONFIGS["small"]["backbone_kwargs"], "init_values": BACKBONE_INIT_VALUES}
     dataset = {"name": "demo", "type": "GeneralNRDataset", "dataroot_target": str(data / "images"),
                "meta_info_file": str(data / "meta_info.csv"), "mos_normalize": False, "num_worker_per_gpu": 0}
     return {
         "name": "demo_drexperts", "model_type": "RecipeIQAModel", "num_gpu": 0, "manual_seed": 123,
-        "datasets": {"train": {**dataset, "batch_size_per_gpu": batch, "dataset_enlarge_ratio": 2,
+        "datasets": {"train": {**dataset, "batch_size_per_gpu": batch, "dataset_enlarge_ratio": 1,
                                "use_shuffle": True,
                                "augment": {"hflip": True, "vflip": True, "random_crop": CROP}}},
         "network": {"type": "DRExperts", "pretrained": False, "num_crops": 3,
-                    "config": {"base": "small", "img_size": CROP, "clip": clip}},
+                    "config": {"base": "small", "img_size": CROP, "clip": clip, "backbone_kwargs": backbone}},
         "train": {
             "optim": {"type": "AdamW", "lr": 1e-3, "betas": [0.9, 0.999], "weight_decay": 0.05},
-            "scheduler": {"type": "WarmupStepLR", "warmup_epochs": 1, "warmup_lr": 1e-5,
+            "scheduler": {"type": "WarmupStepLR", "warmup_epochs": 0.5, "warmup_lr": 1e-5,
                           "decay_epochs": max(1, epochs - 2), "gamma": 0.1},
             "total_epoch": epochs, "grad_clip": 5.0, "amp": True,
             "mos_loss_opt": {"type": "SmoothL1Loss", "beta": 0.1},
@@ -190,7 +207,8 @@ def score_command_rows(metric: str, folder: Path, out_csv: Path, env: dict[str, 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", type=Path, default=Path("demo_out"), help="output folder (default demo_out)")
-    parser.add_argument("--variants", type=int, default=8, help="distorted versions per photo")
+    parser.add_argument("--variants", type=int, default=20, help="distorted versions per training photo view")
+    parser.add_argument("--held-out-variants", type=int, default=10, help="distorted versions per held-out photo")
     parser.add_argument("--max-distortions", type=int, default=3, help="distortions per variant, at most")
     parser.add_argument("--epochs", type=int, default=6, help="DR.Experts epochs")
     parser.add_argument("--exiqa-epochs", type=int, nargs=2, default=(10, 60), metavar=("PHASE1", "PHASE2"))
@@ -216,13 +234,16 @@ def main(args: argparse.Namespace) -> int:
     print("DEMO WEIGHTS ARE NOT THE PAPERS' MODELS: tiny networks, random init, synthetic distortions and "
           "full-reference labels.\n1. photos", flush=True)
     t = time.time()
-    photos = collect_photos(out / "photos" / "all")
+    photos = collect_photos(out / "photos" / "all", zoomed=True)
     held = [n for n in HELD_OUT if n in photos]
-    train = [n for n in photos if n not in held]
-    variants, epochs, exiqa_epochs = args.variants, args.epochs, tuple(args.exiqa_epochs)
+    # Held-out photos are out entirely: neither they nor their zoomed views are trained on.
+    train = [n for n in photos if n.removesuffix("_zoom") not in held]
+    variants = {"train": args.variants, "held_out": args.held_out_variants}
+    epochs, exiqa_epochs = args.epochs, tuple(args.exiqa_epochs)
     if args.tiny:
-        train, held, variants, epochs, exiqa_epochs = train[:3], held[:1], 3, 1, (1, 2)
+        train, held, variants, epochs, exiqa_epochs = train[:3], held[:1], {"train": 3, "held_out": 3}, 1, (1, 2)
         args.workers = 1  # worker start-up would dominate so few images
+        args.batch_size = min(args.batch_size, 4)  # 9 training images: a full batch needs fewer
     for group, names in (("train", train), ("held_out", held)):
         folder = out / "photos" / group
         folder.mkdir(parents=True, exist_ok=True)
@@ -230,14 +251,15 @@ def main(args: argparse.Namespace) -> int:
             target = folder / photos[name].name
             if not target.exists():
                 target.write_bytes(photos[name].read_bytes())
-    t = lap(f"{len(train)} training photos, {len(held)} held-out photos ({', '.join(held)})", t)
+    t = lap(f"{len(train)} training photo views (photos and zoomed centres), {len(held)} held-out photos "
+            f"({', '.join(held)})", t)
 
     print("2. distorted variants + full-reference labels (MS-SSIM, VIF, FSIM)", flush=True)
     labeller = FullReferenceLabeller()
     sets = {}
     for group in ("train", "held_out"):
         sets[group] = out / "data" / group
-        report = generate_dataset(out / "photos" / group, sets[group], variants=variants,
+        report = generate_dataset(out / "photos" / group, sets[group], variants=variants[group],
                                   max_distortions=args.max_distortions, seed=0 if group == "train" else 1,
                                   labeller=labeller, split_ratios=(1.0, 0.0, 0.0), workers=args.workers,
                                   progress=False)
@@ -269,7 +291,11 @@ def main(args: argparse.Namespace) -> int:
     t = lap(f"`pyiqa drexperts exiqa -t {images} -v` scored {len(pyiqa_scores['drexperts'])} images", t)
     summary: dict[str, Any] = {"note": "demo weights: tiny models trained on synthetic distortions with "
                                        "full-reference labels; not the papers' models",
-                               "held_out_photos": held, "models": {}}
+                               "held_out_photos": held, "models": {},
+                               "settings": {"photo_size": PHOTO_SIZE, "variants": variants,
+                                            "max_distortions": args.max_distortions, "drexperts_epochs": epochs,
+                                            "drexperts_crop": CROP, "backbone_init_values": BACKBONE_INIT_VALUES,
+                                            "exiqa_epochs": exiqa_epochs, "batch_size": args.batch_size}}
     for metric in ("drexperts", "exiqa"):
         rows = score_command_rows(metric, images, out / f"scores_{metric}.csv", env)
         names = [Path(r["path"]).name for r in rows]
@@ -286,6 +312,10 @@ def main(args: argparse.Namespace) -> int:
             print(f"  {name:<28} {labels[name]:6.3f} {float(row['score']):8.3f}  "
                   + ", ".join(f"{c}={float(row[c]):.2f}" for c in top))
     t = lap("iqa-plugins score --explain for both metrics", t)
+    for metric, figures in summary["models"].items():
+        srcc = figures["iqa_plugins_score"]["srcc"]
+        verdict = "met" if srcc >= TARGET_SRCC else "NOT met"
+        print(f"  {metric}: held-out SRCC {srcc:.3f}; the issue's target (>= {TARGET_SRCC}) is {verdict}")
     summary["timings_s"] = timings
     summary["wall_time_s"] = round(time.time() - start, 1)
     (out / "summary.json").write_text(json.dumps(summary, indent=1))

@@ -18,6 +18,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from iqa_plugins.archs import drexperts_convert
 from iqa_plugins.archs.daclip import DISTORTION_PROMPTS
 from iqa_plugins.archs.drexperts_arch import CONFIGS, DRExperts
 from iqa_plugins.archs.drexperts_convert import (
@@ -31,10 +32,10 @@ from iqa_plugins.weights import load_checkpoint
 
 # Layout dimensions: (backbone dim, depth, heads, grid tokens), (vision width, layers, heads, grid),
 # CLIP embed, (text width, layers, heads, context, vocab), DDWM hidden sizes.
-SMALL = dict(D=64, depth=2, heads=2, G=576, Wc=64, Lc=2, Hc=2, gc=7, Ec=64, Wt=64, Lt=2, Ht=2, ctx=77,
-             vocab=49408, ddwm=(32, 16, 8))
-PAPER = dict(D=384, depth=12, heads=6, G=576, Wc=768, Lc=12, Hc=12, gc=7, Ec=512, Wt=512, Lt=12, Ht=8, ctx=77,
-             vocab=49408, ddwm=(384, 32, 16))
+SMALL = {"D": 64, "depth": 2, "heads": 2, "G": 576, "Wc": 64, "Lc": 2, "Hc": 2, "gc": 7, "Ec": 64,
+         "Wt": 64, "Lt": 2, "Ht": 2, "ctx": 77, "vocab": 49408, "ddwm": (32, 16, 8)}
+PAPER = {"D": 384, "depth": 12, "heads": 6, "G": 576, "Wc": 768, "Lc": 12, "Hc": 12, "gc": 7, "Ec": 512,
+         "Wt": 512, "Lt": 12, "Ht": 8, "ctx": 77, "vocab": 49408, "ddwm": (384, 32, 16)}
 
 
 def official_layout(d: dict) -> dict[str, tuple[int, ...]]:
@@ -348,6 +349,7 @@ def test_daclip_file_completes_an_official_checkpoint(official_state, tmp_path):
         DRExperts(pretrained_model_path=tmp_path / "daclip.pt", config="small")
 
 
+@pytest.mark.slow
 def test_compact_roundtrip_and_format(official_state, tmp_path):
     torch.save(official_state, tmp_path / "bare.pth")
     with pytest.warns(UserWarning):
@@ -368,6 +370,27 @@ def test_compact_roundtrip_and_format(official_state, tmp_path):
     params = DRExperts(pretrained_model_path=tmp_path / "net_best.pth", config="small").eval()
     with torch.no_grad():
         torch.testing.assert_close(params.score_crops(x), model.score_crops(x))
+
+
+def test_convert_command_writes_compact(official_state, tmp_path, capsys):
+    import argparse
+
+    torch.save({"model": official_state}, tmp_path / "ckpt_epoch_1.pth")
+    parser = argparse.ArgumentParser()
+    drexperts_convert.add_arguments(parser)
+    args = parser.parse_args([str(tmp_path / "ckpt_epoch_1.pth"), "-o", str(tmp_path / "out.pth"), "--dataset",
+                              "bid", "--num-crops", "2", "--config", "small"])
+    with pytest.warns(UserWarning):
+        assert drexperts_convert.main(args) == 0
+    raw = load_checkpoint(tmp_path / "out.pth")
+    assert raw["protocol"] == {"resize": [512, 512], "num_crops": 2, "mos_range": [0.0, 5.0], "lower_better": False,
+                               "dataset": "bid"}
+    assert raw["source"] == "ckpt_epoch_1.pth" and "wrote" in capsys.readouterr().out
+    model = DRExperts(pretrained_model_path=tmp_path / "out.pth").eval()
+    x = _crops(1)
+    with torch.no_grad():
+        torch.testing.assert_close(model.score_crops(x), official_forward(official_state, x, SMALL),
+                                   rtol=1e-4, atol=1e-5)
 
 
 def test_wrong_keys_are_listed(official_state, tmp_path):
