@@ -17,12 +17,10 @@ Implementations, all with L2-normalised image embeddings (as ExIQA uses CLIP fea
 
 from __future__ import annotations
 
-import datetime
-import json
 import os
-import platform
 from pathlib import Path
 
+import common
 import pytest
 import torch
 import torch.nn.functional as F
@@ -50,15 +48,6 @@ def _best_eager(emb: torch.Tensor, scaled_diff_t: torch.Tensor, weight_matrix: t
 
 
 _best_eager_compiled = torch.compile(_best_eager, dynamic=False)
-
-
-def _device_name(device: str) -> str:
-    if device == "cuda":
-        return torch.cuda.get_device_name()
-    for line in Path("/proc/cpuinfo").read_text().splitlines() if Path("/proc/cpuinfo").exists() else []:
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return platform.processor() or platform.machine()
 
 
 def _make_inputs(batch: int, device: str) -> dict:
@@ -108,18 +97,12 @@ def _write_results():
             row["speedup_of_compiled_wrapper_over_this"] = None if ref is None else row["median_s"] / ref
         out = {
             "benchmark": "attribute_scorer",
-            "device": _device_name(device),
-            "device_type": device,
-            "threads": torch.get_num_threads(),
-            "load_average_at_end": list(os.getloadavg()),  # the 2 cores are shared with other jobs
-            "torch": torch.__version__,
-            "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            **common.environment_info(device),  # device, versions, threads, load average, date
             "shape": {"A": NUM_ATTR, "D": DIM, "G": NUM_GROUPS, "dtype": "float32", "normalize": True},
             "results": [dict(batch=b, impl=i, **r) for (b, i), r in sorted(rows.items())],
         }
-        target = RESULTS_DIR / device / f"attribute_scorer_threads{torch.get_num_threads()}.json"
-        target.parent.mkdir(parents=True, exist_ok=True)
-        target.write_text(json.dumps(out, indent=2) + "\n")
+        slug = common.device_slug(device)
+        common.write_json(RESULTS_DIR / slug / f"attribute_scorer_threads{torch.get_num_threads()}.json", out)
 
 
 @pytest.mark.parametrize("impl", IMPLS)
@@ -142,7 +125,7 @@ def test_attribute_scorer_speed(benchmark, device: str, batch: int, impl: str) -
             benchmark(lambda: (fn(), torch.cuda.synchronize()))
         else:
             benchmark(fn)
-    benchmark.extra_info.update(device=_device_name(device), batch=batch, impl=impl, torch=torch.__version__)
+    benchmark.extra_info.update(device=common.device_name(device), batch=batch, impl=impl, torch=torch.__version__)
     if benchmark.stats is not None and not benchmark.disabled:
         stats = benchmark.stats.stats
         _medians.setdefault(device, {})[(batch, impl)] = {

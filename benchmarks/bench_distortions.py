@@ -12,16 +12,15 @@ Two ways to run it:
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import json
 import os
-import platform
 import statistics
 import sys
 import tempfile
 import time
 from pathlib import Path
 
+import common
 import numpy as np
 import skimage.data
 from PIL import Image
@@ -82,24 +81,19 @@ def time_generator(variants: int, workers: int) -> dict:
 
 
 def environment() -> dict:
+    """The suite's common environment record plus the image libraries the distortions use."""
     import cv2
     import PIL
     import scipy
     import skimage
 
     return {
-        "device": "CPU",
-        "cpu": platform.processor() or platform.machine(),
-        "cores": os.cpu_count(),
-        "python": platform.python_version(),
+        **common.environment_info("cpu"),
         "numpy": np.__version__,
         "scipy": scipy.__version__,
         "scikit-image": skimage.__version__,
         "opencv": cv2.__version__,
         "pillow": PIL.__version__,
-        "torch": "not used",
-        "triton": "not used",
-        "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
     }
 
 
@@ -121,8 +115,7 @@ def main(argv: list[str] | None = None) -> int:
         "all_distortions_mean_ms": round(statistics.fmean(v["ms_mean"] for v in distortions.values()), 2),
         "generator": generator,
     }
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(json.dumps(result, indent=1) + "\n")
+    common.write_json(args.output, result)
     json.dump({k: result[k] for k in ("all_distortions_mean_ms", "generator", "load_average_1min_before_after")},
               sys.stdout, indent=1)
     print()

@@ -46,7 +46,7 @@ from pathlib import Path
 from typing import Callable, Iterable, Sequence, Union
 
 import numpy as np
-from PIL import Image, ImageOps
+from PIL import Image
 
 from iqa_plugins.data.distortions import (
     DISTORTIONS,
@@ -55,6 +55,7 @@ from iqa_plugins.data.distortions import (
     to_float,
     to_uint8,
 )
+from iqa_plugins.io import IMAGE_EXTENSIONS, read_image
 
 __all__ = [
     "ARNIQA_GROUPS",
@@ -71,7 +72,6 @@ __all__ = [
     "variant_rng",
 ]
 
-IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm"})
 
 # ARNIQA's seven groups of the KADID distortions; it leaves out #6 and #15, which join the colour and noise groups.
 ARNIQA_GROUPS: tuple[tuple[int, ...], ...] = (
@@ -173,8 +173,8 @@ def _png_bytes(image: np.ndarray) -> bytes:
 
 
 def _read_rgb(path: Path) -> np.ndarray:
-    with Image.open(path) as im:
-        return np.asarray(ImageOps.exif_transpose(im).convert("RGB"), dtype=np.uint8)
+    # The project's reader: EXIF orientation, alpha, 16-bit and CMYK handled, errors name the file.
+    return to_uint8(read_image(path))
 
 
 def _remove_stale_temporaries(*folders: Path) -> int:
