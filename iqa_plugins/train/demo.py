@@ -52,7 +52,7 @@ BACKBONE = {"embed_dim": 96, "depth": 4, "num_heads": 3, "patch_size": 4,
             # hundreds of steps, so the demo starts it at 0.1.
             "init_values": 0.1}
 ENLARGE = 10  # crops per training image and epoch (pyiqa's dataset_enlarge_ratio)
-EXIQA_BATCH = 16
+EXIQA_BATCH = 16  # ExIQA phase 1 sees whole images, 680 per epoch: small batches give it more steps
 TARGET_SRCC = 0.7  # issue 8's goal for the held-out SRCC of both demo models
 
 
@@ -136,7 +136,6 @@ def drexperts_options(data: Path, root: Path, epochs: int, batch: int) -> dict[s
 
     clip = copy.deepcopy(CONFIGS["small"]["clip"])
     clip["vision_cfg"]["image_size"] = 96  # a 3x3 DA-CLIP grid: the small prior's cost stays low
-    backbone = {**CONFIGS["small"]["backbone_kwargs"], **BACKBONE}
     dataset = {"name": "demo", "type": "GeneralNRDataset", "dataroot_target": str(data / "images"),
                "meta_info_file": str(data / "meta_info.csv"), "mos_normalize": False, "num_worker_per_gpu": 0}
     return {
@@ -145,7 +144,7 @@ def drexperts_options(data: Path, root: Path, epochs: int, batch: int) -> dict[s
                                "use_shuffle": True,
                                "augment": {"hflip": True, "vflip": True, "random_crop": CROP}}},
         "network": {"type": "DRExperts", "pretrained": False, "num_crops": TEST_CROPS,
-                    "config": {"base": "small", "img_size": CROP, "clip": clip, "backbone_kwargs": backbone}},
+                    "config": {"base": "small", "img_size": CROP, "clip": clip, "backbone_kwargs": BACKBONE}},
         "train": {
             "optim": {"type": "AdamW", "lr": 2e-3, "betas": [0.9, 0.999], "weight_decay": 0.05},
             "scheduler": {"type": "WarmupStepLR", "warmup_epochs": 0.5, "warmup_lr": 1e-5,
@@ -220,7 +219,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-distortions", type=int, default=3, help="distortions per variant, at most")
     parser.add_argument("--epochs", type=int, default=12, help=f"DR.Experts epochs ({ENLARGE} crops per image each)")
     parser.add_argument("--exiqa-epochs", type=int, nargs=2, default=(10, 60), metavar=("PHASE1", "PHASE2"))
-    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--batch-size", type=int, default=64,
+                        help=f"DR.Experts batch size (ExIQA uses at most {EXIQA_BATCH})")
     parser.add_argument("--workers", type=int, default=min(2, os.cpu_count() or 1), help="generator processes")
     parser.add_argument("--tiny", action="store_true", help="a minute-long smoke run (few photos, 1 epoch)")
     parser.add_argument("--verbose", action="store_true", help="pyiqa's training log")

@@ -131,6 +131,15 @@ def _unpack(batch: Any, target_keys: Sequence[str]) -> tuple[torch.Tensor, torch
 # ---------------------------------------------------------------------------------------------- schedule/loss
 
 
+def _optimiser_step(loss: torch.Tensor, optimizer: torch.optim.Optimizer, schedule: LambdaLR) -> float:
+    """One update of either phase: backward, step, advance the per-step schedule; returns the loss value."""
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    schedule.step()
+    return loss.item()
+
+
 def cosine_warmup_schedule(optimizer: torch.optim.Optimizer, total_steps: int, warmup_steps: int) -> LambdaLR:
     """Per-step learning-rate factor: linear warm-up to 1 over ``warmup_steps``, then cosine decay to 0."""
     if total_steps < 1 or not 0 <= warmup_steps <= total_steps:
@@ -243,11 +252,7 @@ def train_phase1(
                     text_diff = pos - neg
                 _, dist = model.attribute_outputs(images, text_diff=text_diff)
                 loss = distortion_loss(dist, strengths)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-                schedule.step()
-                losses.append(loss.item())
+                losses.append(_optimiser_step(loss, optimizer, schedule))
                 step_loss.append(losses[-1])
                 if on_step is not None:
                     on_step(len(step_loss), losses[-1])
@@ -361,11 +366,7 @@ def train_phase2(
                     target = _normalise_mos(mos, mos_range).to(device)
                 pred = model.score_from_attributes(attr).squeeze(1)
                 loss = F.mse_loss(pred.float(), target.float())
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-                schedule.step()
-                losses.append(loss.item())
+                losses.append(_optimiser_step(loss, optimizer, schedule))
                 step_loss.append(losses[-1])
                 if on_step is not None:
                     on_step(len(step_loss), losses[-1])
