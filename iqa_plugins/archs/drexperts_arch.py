@@ -40,6 +40,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from iqa_plugins.archs.crops import crop_offsets, upscale_to_min_side
 from iqa_plugins.archs.daclip import (
     CLIP_MEAN,
     CLIP_STD,
@@ -333,18 +334,8 @@ class DRExperts(nn.Module):
         if self.resize is not None and tuple(x.shape[-2:]) != self.resize:
             x = F.interpolate(x, size=self.resize, mode="bilinear", align_corners=False, antialias=True)
         size = self.arch_config["img_size"]
-        h, w = x.shape[-2:]
-        if min(h, w) < size:
-            scale = size / min(h, w)
-            x = F.interpolate(x, size=(max(size, round(h * scale)), max(size, round(w * scale))),
-                              mode="bilinear", align_corners=False)
-            h, w = x.shape[-2:]
-        if self.num_crops == 1:
-            return x, [((h - size) // 2, (w - size) // 2)]
-        generator = torch.Generator().manual_seed(self.crop_seed)
-        tops = torch.randint(0, h - size + 1, (self.num_crops,), generator=generator).tolist()
-        lefts = torch.randint(0, w - size + 1, (self.num_crops,), generator=generator).tolist()
-        return x, list(zip(tops, lefts))
+        x = upscale_to_min_side(x, size)
+        return x, crop_offsets(x.shape[-2], x.shape[-1], size, self.num_crops, self.crop_seed)
 
     def _crop(self, x: Tensor, offset: tuple[int, int]) -> Tensor:
         size = self.arch_config["img_size"]

@@ -5,7 +5,10 @@ Pipeline, for an RGB image in [0, 1]:
 1. Resize the short side to ``image_size`` (bicubic, antialiased) and take the central square, then CLIP's
    normalisation. This is CLIP's own test-time crop: the attribute prompts are matched against features learnt
    on such crops, and keeping the aspect ratio does not stretch block-shaped distortions (JPEG blocks,
-   pixelation, colour blocks). What lies outside the central square is not seen.
+   pixelation, colour blocks). What lies outside the central square is not seen. A config may instead ask for
+   ``input="crops"``: ``num_crops`` crops of ``image_size`` at the image's own resolution (seeded positions,
+   centre crop for one), whose attribute probabilities are averaged; the project's small demo model uses it,
+   because at a 32-pixel input a resized photo no longer shows pixel-level distortions.
 2. CLIP image tower (open_clip) with ``num_prompts`` learnable visual prompt tokens inserted after the class
    token (shallow visual prompt tuning: only the transformer input carries them). With 0 tokens the tower is
    exactly open_clip's ``encode_image``.
@@ -41,6 +44,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from iqa_plugins.archs.crops import crop_offsets, upscale_to_min_side
 from iqa_plugins.kernels import attribute_scores
 from iqa_plugins.weights import (
     WeightsNotFoundError,
@@ -92,6 +96,12 @@ CONFIGS: dict[str, dict[str, Any]] = {
         "num_prompts": 100,
         "hidden": 128,
         "dropout": 0.2,
+        # How an image becomes CLIP input. "resize": short side to image_size, central square (CLIP's own
+        # preprocessing, the paper's). "crops": num_crops crops of image_size at the image's own resolution,
+        # their attribute probabilities averaged (the crops of iqa_plugins.archs.crops); for models that must
+        # see pixel-level distortions at a small input size.
+        "input": "resize",
+        "num_crops": 1,
     },
     "small": {
         "clip_model": None,
@@ -105,8 +115,11 @@ CONFIGS: dict[str, dict[str, Any]] = {
         "num_prompts": 4,
         "hidden": 128,
         "dropout": 0.2,
+        "input": "resize",
+        "num_crops": 1,
     },
 }
+INPUT_PROTOCOLS = ("resize", "crops")
 _TOKENIZER_MODEL = "ViT-B-32-quickgelu"  # OpenAI CLIP's BPE tokenizer (ships with open_clip: works offline)
 
 
@@ -219,10 +232,18 @@ def resolve_config(config: str | Mapping[str, Any] | None = None) -> dict[str, A
     if unknown:
         raise ValueError(f"config has unknown keys {sorted(unknown)}; known: {sorted(resolved)} and 'base'")
     resolved.update(copy.deepcopy(overrides))
+    if resolved["input"] not in INPUT_PROTOCOLS:
+        raise ValueError(f"config input={resolved['input']!r}: choose one of {INPUT_PROTOCOLS}")
+    if not isinstance(resolved["num_crops"], int) or resolved["num_crops"] < 1:
+        raise ValueError(f"config num_crops must be an int >= 1, got {resolved['num_crops']!r}")
     if (resolved["clip_model"] is None) == (resolved["clip_model_cfg"] is None):
         raise ValueError("config needs exactly one of clip_model (an open_clip name) and clip_model_cfg (a dict)")
     if int(resolved["num_prompts"]) < 0:
         raise ValueError(f"config num_prompts must be >= 0, got {resolved['num_prompts']}")
+    tower_size = (resolved["clip_model_cfg"] or {}).get("vision_cfg", {}).get("image_size")
+    if tower_size is not None and tower_size != resolved["image_size"]:
+        raise ValueError(f"config image_size={resolved['image_size']} differs from the image tower's "
+                         f"clip_model_cfg.vision_cfg.image_size={tower_size}")
     return resolved
 
 
@@ -516,15 +537,25 @@ class ExIQA(nn.Module):
         return list(self.attribute_set.distortion_names)
 
     def preprocess(self, x: torch.Tensor) -> torch.Tensor:
-        """(N, 1 or 3, H, W) RGB in [0, 1] -> CLIP-normalised (N, 3, S, S): short side to S, central square."""
+        """(N, 1 or 3, H, W) RGB in [0, 1] -> CLIP-normalised views (V, N, 3, S, S) under the config's input
+        protocol: V = 1 resized central square ("resize"), or V = num_crops crops ("crops"; V = 1 for an
+        image that is exactly one crop)."""
         if not isinstance(x, torch.Tensor) or x.dim() != 4 or x.shape[1] not in (1, 3):
             shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
             raise ValueError(f"ExIQA input x must be a (N, 3, H, W) or (N, 1, H, W) tensor, got {shape}")
         x = x.to(self.pixel_mean.dtype)
         if x.shape[1] == 1:
             x = x.expand(-1, 3, -1, -1)
-        x = resize_center_crop(x, int(self.config["image_size"]))
-        return (x - self.pixel_mean) / self.pixel_std
+        size = int(self.config["image_size"])
+        if self.config["input"] == "resize":
+            views = resize_center_crop(x, size)[None]
+        elif x.shape[-2:] == (size, size):  # a crop already (training feeds them): every crop would be itself
+            views = x[None]
+        else:
+            x = upscale_to_min_side(x, size)
+            offsets = crop_offsets(x.shape[-2], x.shape[-1], size, int(self.config["num_crops"]), seed=0)
+            views = torch.stack([x[..., top : top + size, left : left + size] for top, left in offsets])
+        return (views - self.pixel_mean) / self.pixel_std
 
     def encode_image(self, pixels: torch.Tensor) -> torch.Tensor:
         """CLIP image embedding (N, D) of preprocessed pixels, with the visual prompt tokens after CLS."""
@@ -545,13 +576,16 @@ class ExIQA(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """P(a|I) (N, 125) and P(d|I) (N, 25) for RGB input x; ``text_diff`` overrides the cached text features
         (full fine-tuning passes freshly encoded ones so that gradients reach the text tower)."""
-        emb = self.encode_image(self.preprocess(x))
+        views = self.preprocess(x)
+        emb = self.encode_image(views.flatten(0, 1))
         diff = self.text_diff if text_diff is None else text_diff
         weight_logits = self.weight_logits.to(emb.dtype)
-        return attribute_scores(
+        attr, dist = attribute_scores(
             emb, diff.to(emb.dtype), None, self.scale, self.group_index, weight_logits, self._num_distortions,
             normalize=True,
         )
+        # P(d|I) is linear in P(a|I): averaging both over the views keeps Eq. 7 exact for the averages.
+        return attr.unflatten(0, views.shape[:2]).mean(0), dist.unflatten(0, views.shape[:2]).mean(0)
 
     def score_from_attributes(self, attr_probs: torch.Tensor) -> torch.Tensor:
         """Quality in (0, 1), (N, 1), from the attribute probabilities."""

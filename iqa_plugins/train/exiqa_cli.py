@@ -20,9 +20,10 @@ from torch.utils.data import DataLoader, Dataset
 
 class MOSDataset(Dataset):
     """Images of a pyiqa meta CSV (first column image name, second MOS), resized and centre-cropped to
-    ``image_size`` as ExIQA does, so that they batch. Items: (image (3, S, S) in [0, 1], MOS (1,))."""
+    ``image_size`` as ExIQA's "resize" input does, so that they batch (None: as read, for the "crops" input).
+    Items: (image (3, H, W) in [0, 1], MOS (1,))."""
 
-    def __init__(self, meta_csv: Path, image_dir: Path, rows: list[int] | None, image_size: int) -> None:
+    def __init__(self, meta_csv: Path, image_dir: Path, rows: list[int] | None, image_size: int | None) -> None:
         if not meta_csv.is_file():
             raise FileNotFoundError(f"--meta-info {str(meta_csv)!r} does not exist")
         with meta_csv.open(newline="") as handle:
@@ -41,8 +42,9 @@ class MOSDataset(Dataset):
 
         path, mos = self.items[index]
         image = torch.from_numpy(read_image(path).copy()).permute(2, 0, 1).unsqueeze(0)
-        image = resize_center_crop(image, self.image_size).squeeze(0).clamp(0, 1).float()
-        return image, torch.tensor([mos], dtype=torch.float32)
+        if self.image_size is not None:
+            image = resize_center_crop(image, self.image_size).clamp(0, 1)
+        return image.squeeze(0).float(), torch.tensor([mos], dtype=torch.float32)
 
 
 def add_exiqa_arguments(group: argparse._ArgumentGroup) -> None:
@@ -50,7 +52,9 @@ def add_exiqa_arguments(group: argparse._ArgumentGroup) -> None:
     group.add_argument("--meta-csv", default="meta_info.csv", help="phase 2: MOS table inside --data")
     group.add_argument("--mos-range", type=float, nargs=2, metavar=("LOW", "HIGH"),
                        help="phase 2: MOS scale mapped to [0, 1] (default: MOS already in [0, 1])")
-    group.add_argument("--config", default=None, help="ExIQA config for a new model: paper (default) or small")
+    group.add_argument("--config", default=None,
+                       help="ExIQA config for a new model: paper (default), small, or a JSON object of overrides "
+                            "(e.g. '{\"base\": \"small\", \"input\": \"crops\", \"num_crops\": 25}')")
     group.add_argument("--init", help="checkpoint to start from (phase 2: the phase-1 result)")
     group.add_argument("--clip-weights", help="local CLIP checkpoint for a new paper-size model")
     group.add_argument("--mode", choices=["prompt", "full"], default="prompt", help="phase 1: what trains")
@@ -75,7 +79,13 @@ def _model(args: argparse.Namespace):
 
     if args.init:
         return ExIQA(pretrained=True, pretrained_model_path=args.init)
-    return ExIQA(pretrained=False, config=args.config or "paper", clip_weights_path=args.clip_weights,
+    config = args.config or "paper"
+    if config.lstrip().startswith("{"):
+        try:
+            config = json.loads(config)
+        except json.JSONDecodeError as error:
+            raise ValueError(f"--config is not valid JSON: {error}") from None
+    return ExIQA(pretrained=False, config=config, clip_weights_path=args.clip_weights,
                  clip_pretrained="openai" if args.clip_weights else None)
 
 
@@ -91,17 +101,24 @@ def run_phase(args: argparse.Namespace) -> dict[str, Any]:
     device = "cuda" if args.device != "cpu" and torch.cuda.is_available() else "cpu"
     model = _model(args).to(device)
     size = int(model.config["image_size"])
+    crops = model.config["input"] == "crops"
     held_out = "test" if (_rows(args.data, args.split_index, "test") or []) else "val"
 
-    def loader(phase: str, shuffle: bool) -> DataLoader:
+    def loader(phase: str, train: bool) -> DataLoader:
         rows = _rows(args.data, args.split_index, phase)
+        # The crops input trains on random crops and scores whole images at their own resolution, which
+        # batch only when they share a size: one image per batch then.
+        learns_from_crops = crops and train and args.phase == 1
+        whole = crops and not learns_from_crops
         if args.phase == 1:
             dataset = phases.StrengthsDataset(args.data, model.attribute_set.distortion_slugs,
                                               phase=phase if rows is not None else None,
-                                              split_index=args.split_index, image_size=size)
+                                              split_index=args.split_index, image_size=None if whole else size,
+                                              random_crops=learns_from_crops)
         else:
-            dataset = MOSDataset(args.data / args.meta_csv, args.data / "images", rows, size)
-        return DataLoader(dataset, batch_size=args.batch_size, shuffle=shuffle, num_workers=args.workers)
+            dataset = MOSDataset(args.data / args.meta_csv, args.data / "images", rows, None if whole else size)
+        return DataLoader(dataset, batch_size=1 if whole else args.batch_size, shuffle=train,
+                          num_workers=args.workers)
 
     train_loader = loader("train", True)
     mos_range = tuple(args.mos_range) if args.mos_range else None
@@ -110,7 +127,7 @@ def run_phase(args: argparse.Namespace) -> dict[str, Any]:
         figures = phases.evaluate_distortions(model, loader(held_out, False), device=device)
     else:
         history = phases.train_phase2(model, train_loader, args.epochs or 50, args.lr or 1e-3,
-                                      mos_range=mos_range, device=device)
+                                      mos_range=mos_range, batch_size=args.batch_size, device=device)
         figures = phases.evaluate_quality(model, loader(held_out, False), mos_range=mos_range, device=device)
     save_pretrained(model.cpu(), args.out, metadata={"trained_by": f"iqa-plugins train exiqa --phase {args.phase}"})
     report = {"phase": args.phase, "held_out": held_out, "figures": figures,

@@ -33,6 +33,7 @@ from torch import nn
 from torch.optim.lr_scheduler import LambdaLR
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
+from iqa_plugins.archs.crops import upscale_to_min_side
 from iqa_plugins.archs.exiqa_arch import ExIQA, resize_center_crop
 from iqa_plugins.io import read_image
 
@@ -66,6 +67,10 @@ class StrengthsDataset(Dataset):
         split_index: which split of ``split.pkl``.
         image_size: resize (short side) and centre-crop every image to this size, as the model would, so that
             images of different sizes batch together; None keeps them as read.
+        random_crops: instead of resizing, cut a random ``image_size`` crop at the image's own resolution and
+            flip it at random (horizontally, vertically), for models with the ``input="crops"`` protocol; the
+            strengths of the whole image label the crop (KADID's distortions cover the whole image).
+        repeats: items per image per epoch (different random crops; pyiqa's ``dataset_enlarge_ratio``).
     Items are ``(image (3, S, S) float32 in [0, 1], strengths (25,) float32)``.
     """
 
@@ -78,7 +83,13 @@ class StrengthsDataset(Dataset):
         image_size: int | None = 224,
         csv_name: str = "strengths.csv",
         image_dir: str = "images",
+        random_crops: bool = False,
+        repeats: int = 1,
     ) -> None:
+        if random_crops and image_size is None:
+            raise ValueError("StrengthsDataset: random_crops needs image_size (the crop size)")
+        if repeats < 1:
+            raise ValueError(f"StrengthsDataset: repeats must be >= 1, got {repeats}")
         self.root = Path(root)
         table = self.root / csv_name
         if not table.is_file():
@@ -106,15 +117,26 @@ class StrengthsDataset(Dataset):
         if self.strengths.numel() and (self.strengths.min() < 0 or self.strengths.max() > 1):
             raise ValueError(f"{str(table)!r}: strengths must lie in [0, 1]")
         self.image_size = image_size
+        self.random_crops = random_crops
+        self.repeats = repeats
 
     def __len__(self) -> int:
-        return len(self.images)
+        return len(self.images) * self.repeats
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
-        image = torch.from_numpy(np.ascontiguousarray(read_image(self.images[index]))).permute(2, 0, 1)
-        if self.image_size is not None:
-            image = resize_center_crop(image.unsqueeze(0), self.image_size).squeeze(0).clamp(0, 1)
-        return image.float(), self.strengths[index]
+        index %= len(self.images)
+        image = torch.from_numpy(np.ascontiguousarray(read_image(self.images[index]))).permute(2, 0, 1)[None]
+        if self.random_crops:
+            size = int(self.image_size)
+            image = upscale_to_min_side(image.float(), size)
+            top = int(torch.randint(0, image.shape[-2] - size + 1, ()))
+            left = int(torch.randint(0, image.shape[-1] - size + 1, ()))
+            image = image[..., top : top + size, left : left + size]
+            flips = [dim for dim in (-1, -2) if torch.rand(()) < 0.5]
+            image = image.flip(flips) if flips else image
+        elif self.image_size is not None:
+            image = resize_center_crop(image, self.image_size).clamp(0, 1)
+        return image[0].float(), self.strengths[index]
 
 
 def _unpack(batch: Any, target_keys: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:

@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from iqa_plugins.archs import exiqa_arch
+from iqa_plugins.archs.crops import crop_offsets
 from iqa_plugins.archs.exiqa_arch import (
     ATTRIBUTES_FILE,
     ExIQA,
@@ -60,7 +61,7 @@ def test_probabilities_follow_equations_6_and_7(model):
     x = torch.rand(3, 3, 70, 90)
     with torch.no_grad():
         out = model.explain(x)
-        emb = F.normalize(model.encode_image(model.preprocess(x)), dim=-1)
+        emb = F.normalize(model.encode_image(model.preprocess(x)[0]), dim=-1)
     attr, dist = out["attribute_probs"], out["distortion_probs"]
     assert attr.shape == (3, 125) and dist.shape == (3, 25) and out["score"].shape == (3,)
     # Eq. 6 from scratch: 2-way softmax of the similarities to the positive and the negative prompt.
@@ -100,7 +101,7 @@ def test_cached_text_features_match_a_fresh_stock_encoding(model):
 def test_zero_prompt_tokens_is_stock_clip_and_prompts_change_it():
     plain = ExIQA(pretrained=False, config="small", num_prompts=0).eval()
     assert plain.prompt_tokens is None
-    pixels = plain.preprocess(torch.rand(2, 3, 64, 64))
+    pixels = plain.preprocess(torch.rand(2, 3, 64, 64))[0]
     with torch.no_grad():
         assert torch.equal(plain.encode_image(pixels), plain.clip.encode_image(pixels))
     prompted = ExIQA(pretrained=False, config={"base": "small", "num_prompts": 3}).eval()
@@ -117,9 +118,42 @@ def test_input_handling(model):
         assert grey.shape == (2, 1) and same.shape == (2, 1)
         # short side resize + centre crop: a square image at the model size is used as is
         x = torch.rand(1, 3, 64, 64)
-        torch.testing.assert_close(model.preprocess(x), (x - model.pixel_mean) / model.pixel_std)
+        torch.testing.assert_close(model.preprocess(x), ((x - model.pixel_mean) / model.pixel_std)[None])
     with pytest.raises(ValueError, match="input x"):
         model(torch.rand(2, 4, 64, 64))
+
+
+def test_crops_input_protocol_averages_the_crops_attribute_probabilities(tmp_path):
+    cfg = {"base": "small", "image_size": 32, "input": "crops", "num_crops": 5,
+           "clip_model_cfg": {**exiqa_arch.CONFIGS["small"]["clip_model_cfg"],
+                              "vision_cfg": {"image_size": 32, "layers": 1, "width": 32, "patch_size": 8,
+                                             "head_width": 16}}}
+    model = ExIQA(pretrained=False, config=cfg).eval()
+    with torch.no_grad():
+        model.weight_logits.copy_(torch.randn_like(model.weight_logits))
+        x = torch.rand(2, 3, 45, 70)
+        attr, dist = model.attribute_outputs(x)
+        offsets = crop_offsets(45, 70, 32, 5, seed=0)
+        assert len(set(offsets)) > 1  # really different crops
+        per_crop = [model.attribute_outputs(x[..., t:t + 32, l:l + 32]) for t, l in offsets]
+        torch.testing.assert_close(attr, torch.stack([a for a, _ in per_crop]).mean(0), atol=1e-6, rtol=1e-5)
+        torch.testing.assert_close(dist, torch.stack([d for _, d in per_crop]).mean(0), atol=1e-6, rtol=1e-5)
+        # An image of exactly the crop size is its own single view; a smaller one is upscaled, not rejected.
+        assert model.preprocess(torch.rand(3, 3, 40, 33)).shape == (5, 3, 3, 32, 32)
+        crop = torch.rand(1, 3, 32, 32)
+        torch.testing.assert_close(model.preprocess(crop), ((crop - model.pixel_mean) / model.pixel_std)[None])
+        assert model(torch.rand(1, 3, 20, 40)).shape == (1, 1)
+        # the protocol is part of the checkpoint
+        path = save_pretrained(model, tmp_path / "crops.pth")
+        again = ExIQA(pretrained=False, pretrained_model_path=str(path)).eval()
+        assert again.config["input"] == "crops" and again.config["num_crops"] == 5
+        torch.testing.assert_close(again(x), model(x))
+    with pytest.raises(ValueError, match="input='tiles'"):
+        resolve_config({"base": "small", "input": "tiles"})
+    with pytest.raises(ValueError, match="num_crops"):
+        resolve_config({"base": "small", "num_crops": 0})
+    with pytest.raises(ValueError, match="vision_cfg.image_size=64"):
+        resolve_config({"base": "small", "image_size": 32})
 
 
 def test_checkpoint_round_trip_through_pyiqa(model, tmp_path):

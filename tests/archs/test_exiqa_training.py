@@ -164,3 +164,20 @@ def test_strengths_dataset_reads_the_generator_layout(labelled, tmp_path):
     assert 0 <= img.min() and img.max() <= 1
     with pytest.raises(ValueError, match="lacks the columns"):
         StrengthsDataset(tmp_path, ["no_such_column"])
+    # The crops protocol's training items: random crops at the image's own resolution, flipped at random,
+    # several per image and epoch, each labelled with its image's strengths.
+    crops = StrengthsDataset(tmp_path, slugs, phase="train", image_size=24, random_crops=True, repeats=3)
+    assert len(crops) == 18
+    whole = StrengthsDataset(tmp_path, slugs, phase="train", image_size=None)[1][0]
+    seen = set()
+    for _ in range(40):
+        crop, s = crops[7]  # image 1 of the train rows (7 = 6 + 1): its second repeat
+        assert crop.shape == (3, 24, 24) and torch.equal(s, strengths[1])
+        match = [(t, l, f) for t in range(whole.shape[1] - 23) for l in range(whole.shape[2] - 23)
+                 for f in ((), (-1,), (-2,), (-1, -2))
+                 if torch.equal(crop, whole[:, t:t + 24, l:l + 24].flip(f) if f else whole[:, t:t + 24, l:l + 24])]
+        assert match, "a training crop must be a (flipped) window of the image at its own resolution"
+        seen.add(match[0])
+    assert len(seen) > 5
+    with pytest.raises(ValueError, match="random_crops needs image_size"):
+        StrengthsDataset(tmp_path, slugs, image_size=None, random_crops=True)

@@ -96,8 +96,15 @@ def test_demo_tiny_runs_every_step(tmp_path, monkeypatch):
     assert not user_home.exists()
 
 
+CROPS_CONFIG = json.dumps({
+    "base": "small", "image_size": 32, "input": "crops", "num_crops": 4,
+    "clip_model_cfg": {"embed_dim": 32, "vision_cfg": {"image_size": 32, "layers": 1, "width": 32, "patch_size": 8, "head_width": 16},
+                       "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1}}})
+
+
 @pytest.mark.slow
-def test_train_command_exiqa_phases(tmp_path, capsys):
+@pytest.mark.parametrize("config", ["small", CROPS_CONFIG])
+def test_train_command_exiqa_phases(tmp_path, capsys, config):
     from iqa_plugins.data.generator import generate_dataset
 
     photos = demo.collect_photos(tmp_path / "all", size=(96, 80))
@@ -113,7 +120,7 @@ def test_train_command_exiqa_phases(tmp_path, capsys):
     phase1 = tmp_path / "phase1.pth"
     common = ["--data", str(data), "--batch-size", "4", "--epochs", "1", "--device", "cpu"]
     assert train_cli.main(parser.parse_args(
-        ["exiqa", "--phase", "1", "--config", "small", "--out", str(phase1), *common])) == 0
+        ["exiqa", "--phase", "1", "--config", config, "--out", str(phase1), *common])) == 0
     report1 = json.loads(Path(f"{phase1}.json").read_text())
     assert report1["held_out"] == "test" and report1["figures"]["num_images"] == 6
     phase2 = tmp_path / "phase2.pth"
@@ -127,3 +134,4 @@ def test_train_command_exiqa_phases(tmp_path, capsys):
     # Phase 2 trains only the regressor: the distortion part is phase 1's, the regressor changed.
     assert torch.equal(first.weight_logits, second.weight_logits)
     assert not torch.equal(first.regressor[-1].weight, second.regressor[-1].weight)
+    assert second.config["input"] == ("crops" if config == CROPS_CONFIG else "resize")
