@@ -326,6 +326,34 @@ def _attribute_table(
     return torch.cat(feats), torch.cat(targets)
 
 
+_MIN_ATTR_STD = 0.01  # an attribute that barely varies in training is not amplified beyond 100x
+
+
+@torch.no_grad()
+def _standardise_first_layer(linear: nn.Linear, shift: torch.Tensor, scale: torch.Tensor) -> None:
+    """Rewrite W x + b as W' (x - shift) / scale + b' (the same function, taking standardised inputs)."""
+    linear.bias += linear.weight @ shift.to(linear.weight)
+    linear.weight *= scale.to(linear.weight)
+
+
+@torch.no_grad()
+def _unstandardise_first_layer(linear: nn.Linear, shift: torch.Tensor, scale: torch.Tensor) -> None:
+    """The inverse of :func:`_standardise_first_layer`: back to a layer taking raw attribute probabilities."""
+    linear.weight /= scale.to(linear.weight)
+    linear.bias -= linear.weight @ shift.to(linear.weight)
+
+
+@torch.no_grad()
+def _centre_output(regressor: nn.Sequential, inputs: torch.Tensor, targets: torch.Tensor) -> None:
+    """Shift the last bias so that the mean logit over ``inputs`` is the logit of the mean target."""
+    was_training = regressor.training
+    regressor.eval()
+    mean_logit = regressor(inputs).mean()
+    regressor.train(was_training)
+    goal = torch.logit(targets.float().mean().clamp(0.01, 0.99))
+    regressor[-1].bias += (goal - mean_logit).to(regressor[-1].bias)
+
+
 def train_phase2(
     model: ExIQA,
     loader: Iterable,
@@ -346,9 +374,17 @@ def train_phase2(
         mos_range: (low, high) of the MOS scale, mapped to [0, 1]; None: targets must already lie in [0, 1].
         cache_attributes: the frozen part is deterministic (fixed resize and crop), so compute the attribute
             probabilities once and train the regressor on them (fast); False re-runs CLIP every epoch, which
-            only matters when the loader augments.
+            only matters when the loader augments (a first pass over ``loader`` still gives the statistics
+            of the standardisation below).
         batch_size: mini-batch size on the cached table (default: the loader's batch size, else 32).
         Other arguments as :func:`train_phase1`; cosine schedule without warm-up.
+
+    Conditioning: attribute probabilities are all positive and often share most of their value across images,
+    so raw, every Adam step moves all first-layer pre-activations the same way and a fresh regressor overshoots
+    into the sigmoid's flat tails, where it stays (loss stuck, every score 1.0). So the regressor trains on the
+    training set's standardised attributes (the standardisation is folded into the first Linear layer before
+    and after, so the trained function and the checkpoint format are exactly as without it), and the output
+    bias starts at the logit of the mean target.
 
     Returns:
         {"epochs", "steps", "lr", "epoch_loss", "step_loss"}.
@@ -362,8 +398,8 @@ def train_phase2(
     for p in model.regressor.parameters():
         p.requires_grad_(True)
 
+    attrs, targets = _attribute_table(model, loader, device, mos_range)
     if cache_attributes:
-        attrs, targets = _attribute_table(model, loader, device, mos_range)
         size = batch_size or getattr(loader, "batch_size", None) or 32
         batches: Iterable = DataLoader(TensorDataset(attrs, targets), batch_size=size, shuffle=True)
     else:
@@ -372,6 +408,9 @@ def train_phase2(
     optimizer = torch.optim.AdamW(model.regressor.parameters(), lr=lr, weight_decay=weight_decay)
     schedule = cosine_warmup_schedule(optimizer, epochs * steps_per_epoch, 0)
 
+    shift, scale = attrs.mean(0), attrs.std(0, correction=0).clamp_min(_MIN_ATTR_STD)
+    _standardise_first_layer(model.regressor[0], shift, scale)
+    _centre_output(model.regressor, (attrs - shift) / scale, targets)
     model.eval()
     model.regressor.train()  # dropout only where it belongs
     epoch_loss, step_loss = [], []
@@ -386,7 +425,7 @@ def train_phase2(
                     with torch.no_grad():
                         attr, _ = model.attribute_outputs(images.to(device))
                     target = _normalise_mos(mos, mos_range).to(device)
-                pred = model.score_from_attributes(attr).squeeze(1)
+                pred = model.score_from_attributes((attr.float() - shift) / scale).squeeze(1)
                 loss = F.mse_loss(pred.float(), target.float())
                 losses.append(_optimiser_step(loss, optimizer, schedule))
                 step_loss.append(losses[-1])
@@ -394,6 +433,7 @@ def train_phase2(
                     on_step(len(step_loss), losses[-1])
             epoch_loss.append(float(np.mean(losses)))
     finally:
+        _unstandardise_first_layer(model.regressor[0], shift, scale)
         for name, p in model.named_parameters():
             p.requires_grad_(not name.startswith("clip."))
         model.eval()
