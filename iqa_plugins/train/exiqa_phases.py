@@ -399,18 +399,19 @@ def train_phase2(
         p.requires_grad_(True)
 
     attrs, targets = _attribute_table(model, loader, device, mos_range)
+    shift, scale = attrs.mean(0), attrs.std(0, correction=0).clamp_min(_MIN_ATTR_STD)
+    standardised = (attrs - shift) / scale
     if cache_attributes:
         size = batch_size or getattr(loader, "batch_size", None) or 32
-        batches: Iterable = DataLoader(TensorDataset(attrs, targets), batch_size=size, shuffle=True)
+        batches: Iterable = DataLoader(TensorDataset(standardised, targets), batch_size=size, shuffle=True)
     else:
         batches = loader
     steps_per_epoch = len(batches)  # type: ignore[arg-type]
     optimizer = torch.optim.AdamW(model.regressor.parameters(), lr=lr, weight_decay=weight_decay)
     schedule = cosine_warmup_schedule(optimizer, epochs * steps_per_epoch, 0)
 
-    shift, scale = attrs.mean(0), attrs.std(0, correction=0).clamp_min(_MIN_ATTR_STD)
     _standardise_first_layer(model.regressor[0], shift, scale)
-    _centre_output(model.regressor, (attrs - shift) / scale, targets)
+    _centre_output(model.regressor, standardised, targets)
     model.eval()
     model.regressor.train()  # dropout only where it belongs
     epoch_loss, step_loss = [], []
@@ -424,8 +425,9 @@ def train_phase2(
                     images, mos = _unpack(batch, ("mos_label", "mos", "label"))
                     with torch.no_grad():
                         attr, _ = model.attribute_outputs(images.to(device))
+                    attr = (attr.float() - shift) / scale
                     target = _normalise_mos(mos, mos_range).to(device)
-                pred = model.score_from_attributes((attr.float() - shift) / scale).squeeze(1)
+                pred = model.score_from_attributes(attr).squeeze(1)
                 loss = F.mse_loss(pred.float(), target.float())
                 losses.append(_optimiser_step(loss, optimizer, schedule))
                 step_loss.append(losses[-1])
