@@ -138,7 +138,7 @@ def _correlations(pred: list[float], true: list[float]) -> dict[str, float]:
             "n": len(pred)}
 
 
-def drexperts_options(data: Path, root: Path, epochs: int, batch: int) -> dict[str, Any]:
+def drexperts_options(data: Path, root: Path, epochs: int, batch: int, seed: int = 123) -> dict[str, Any]:
     """The DR.Experts recipe (RecipeIQAModel, AdamW + per-iteration warm-up/step schedule, SmoothL1, clipping,
     flips + random crops, several crops per image) for a small model on 32 px crops trained from scratch: the
     authors' 3-epoch warm-up and 3-epoch steps suit 9 epochs of fine-tuning pretrained weights, so the demo
@@ -150,7 +150,7 @@ def drexperts_options(data: Path, root: Path, epochs: int, batch: int) -> dict[s
     dataset = {"name": "demo", "type": "GeneralNRDataset", "dataroot_target": str(data / "images"),
                "meta_info_file": str(data / "meta_info.csv"), "mos_normalize": False, "num_worker_per_gpu": 0}
     return {
-        "name": "demo_drexperts", "model_type": "RecipeIQAModel", "num_gpu": 0, "manual_seed": 123,
+        "name": "demo_drexperts", "model_type": "RecipeIQAModel", "num_gpu": 0, "manual_seed": seed,
         "datasets": {"train": {**dataset, "batch_size_per_gpu": batch, "dataset_enlarge_ratio": ENLARGE,
                                "use_shuffle": True,
                                "augment": {"hflip": True, "vflip": True, "random_crop": CROP}}},
@@ -167,16 +167,16 @@ def drexperts_options(data: Path, root: Path, epochs: int, batch: int) -> dict[s
     }
 
 
-def train_drexperts(data: Path, root: Path, epochs: int, batch: int, verbose: bool) -> Path:
+def train_drexperts(data: Path, root: Path, epochs: int, batch: int, seed: int, verbose: bool) -> Path:
     from iqa_plugins.train.options import finalize_options
     from iqa_plugins.train.runner import run_training
 
-    opt = finalize_options(drexperts_options(data, root, epochs, batch), root)
+    opt = finalize_options(drexperts_options(data, root, epochs, batch, seed), root)
     result = run_training(opt, log_level=logging.INFO if verbose else logging.WARNING)
     return result.compact_checkpoint
 
 
-def train_exiqa(data: Path, out: Path, epochs1: int, epochs2: int, batch: int) -> Path:
+def train_exiqa(data: Path, out: Path, epochs1: int, epochs2: int, batch: int, seed: int) -> Path:
     import torch
     from torch.utils.data import DataLoader
 
@@ -184,7 +184,7 @@ def train_exiqa(data: Path, out: Path, epochs1: int, epochs2: int, batch: int) -
     from iqa_plugins.train import exiqa_phases as phases
     from iqa_plugins.train.exiqa_cli import MOSDataset
 
-    torch.manual_seed(0)
+    torch.manual_seed(seed)
     model = ExIQA(pretrained=False, config=EXIQA_CONFIG)
     strengths = phases.StrengthsDataset(data, model.attribute_set.distortion_slugs, image_size=CROP,
                                         random_crops=True, repeats=ENLARGE)
@@ -209,7 +209,7 @@ def _set_threads(count: int) -> None:
     torch.set_num_threads(count)
 
 
-def train_both(data: Path, out: Path, epochs: int, exiqa_epochs: tuple[int, int], batch: int,
+def train_both(data: Path, out: Path, epochs: int, exiqa_epochs: tuple[int, int], batch: int, seed: int,
                verbose: bool) -> tuple[Path, Path, dict[str, float]]:
     """DR.Experts in a second process while ExIQA trains in this one, each on half the cores: models this
     small use a second thread poorly (1.2x on two cores), so two single-threaded trainings finish far sooner
@@ -223,12 +223,12 @@ def train_both(data: Path, out: Path, epochs: int, exiqa_epochs: tuple[int, int]
     context = multiprocessing.get_context("spawn")  # a fresh interpreter: no forked torch thread pools
     with ProcessPoolExecutor(1, mp_context=context, initializer=_set_threads, initargs=(threads,)) as pool:
         start = time.time()
-        drexperts = pool.submit(_timed, train_drexperts, data, out, epochs, batch, verbose)
+        drexperts = pool.submit(_timed, train_drexperts, data, out, epochs, batch, seed, verbose)
         previous = torch.get_num_threads()
         torch.set_num_threads(threads)
         try:
             exiqa_weights, exiqa_seconds = _timed(train_exiqa, data, out / "exiqa_demo.pth", *exiqa_epochs,
-                                                  min(batch, EXIQA_BATCH))
+                                                  min(batch, EXIQA_BATCH), seed)
         finally:
             torch.set_num_threads(previous)
         drexperts_weights, drexperts_seconds = drexperts.result()
@@ -277,6 +277,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help=f"ExIQA epochs of phase 1 ({ENLARGE} crops per image each) and phase 2")
     parser.add_argument("--batch-size", type=int, default=128,
                         help=f"DR.Experts batch size (ExIQA uses at most {EXIQA_BATCH})")
+    parser.add_argument("--seed", type=int, default=123,
+                        help="training seed of both models; the data stay the same (default 123; the held-out "
+                             "SRCC varies with it: see the README)")
     parser.add_argument("--workers", type=int, default=min(2, os.cpu_count() or 1), help="generator processes")
     parser.add_argument("--tiny", action="store_true", help="a minute-long smoke run (few photos, 1 epoch)")
     parser.add_argument("--verbose", action="store_true", help="pyiqa's training log")
@@ -335,7 +338,7 @@ def main(args: argparse.Namespace) -> int:
     print("3. DR.Experts (small config) through pyiqa's training framework, and at the same time ExIQA (small "
           "config): phase 1 (distortion identification), phase 2 (quality regressor)", flush=True)
     drexperts_weights, exiqa_weights, seconds = train_both(sets["train"], out / "train", epochs, exiqa_epochs,
-                                                           args.batch_size, args.verbose)
+                                                           args.batch_size, args.seed, args.verbose)
     t = lap(f"trained: DR.Experts in {seconds['drexperts']:.0f}s -> {drexperts_weights}, ExIQA in "
             f"{seconds['exiqa']:.0f}s -> {exiqa_weights}", t)
 
@@ -361,7 +364,7 @@ def main(args: argparse.Namespace) -> int:
                                             "drexperts_crop": CROP, "drexperts_backbone": BACKBONE,
                                             "drexperts_test_crops": TEST_CROPS, "drexperts_enlarge": ENLARGE,
                                             "exiqa_epochs": exiqa_epochs, "exiqa_config": EXIQA_CONFIG,
-                                            "batch_size": args.batch_size}}
+                                            "batch_size": args.batch_size, "seed": args.seed}}
     for metric in ("drexperts", "exiqa"):
         rows = score_command_rows(metric, images, out / f"scores_{metric}.csv", env)
         names = [Path(r["path"]).name for r in rows]

@@ -71,6 +71,14 @@ def test_train_command_errors_name_the_problem(capsys, tmp_path):
     assert code == 2 and "does not exist" in capsys.readouterr().err
 
 
+def test_demo_seed_is_the_drexperts_recipe_seed(tmp_path):
+    parser = argparse.ArgumentParser()
+    demo.add_arguments(parser)
+    assert parser.parse_args([]).seed == 123  # the seed of the README's demo figures
+    seed = parser.parse_args(["--seed", "7"]).seed
+    assert demo.drexperts_options(tmp_path, tmp_path, epochs=2, batch=4, seed=seed)["manual_seed"] == 7
+
+
 @pytest.mark.slow
 def test_demo_tiny_runs_every_step(tmp_path, monkeypatch):
     """Photos -> generated + FR-labelled variants -> both models trained -> `pyiqa` and `iqa-plugins score`
@@ -92,6 +100,7 @@ def test_demo_tiny_runs_every_step(tmp_path, monkeypatch):
     labels = (out / "data" / "train" / "meta_info.csv").read_text().splitlines()[1:]
     values = [float(line.split(",")[1]) for line in labels]
     assert len(values) == 9 and all(0 <= v <= 1 for v in values) and len(set(values)) > 1
+    assert summary["settings"]["seed"] == 123
     assert (out / "torch_home" / "hub" / "pyiqa" / "DRExperts_koniq10k.pth").is_file()
     assert not user_home.exists()
 
