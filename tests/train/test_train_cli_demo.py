@@ -71,12 +71,16 @@ def test_train_command_errors_name_the_problem(capsys, tmp_path):
     assert code == 2 and "does not exist" in capsys.readouterr().err
 
 
-def test_demo_seed_is_the_drexperts_recipe_seed(tmp_path):
+def test_demo_seed_is_the_drexperts_recipe_seed(tmp_path, capsys):
     parser = argparse.ArgumentParser()
     demo.add_arguments(parser)
     assert parser.parse_args([]).seed == 123  # the seed of the README's demo figures
     seed = parser.parse_args(["--seed", "7"]).seed
     assert demo.drexperts_options(tmp_path, tmp_path, epochs=2, batch=4, seed=seed)["manual_seed"] == 7
+    for bad in ("-1", str(2**32)):
+        with pytest.raises(SystemExit):
+            parser.parse_args(["--seed", bad])
+        assert "--seed" in capsys.readouterr().err
 
 
 @pytest.mark.slow
