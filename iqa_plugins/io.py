@@ -2,7 +2,8 @@
 
 Handled: EXIF orientation (JPEGs from phones), palette/grey/grey+alpha/RGBA (alpha composited onto
 white, as a viewer shows it), CMYK JPEGs, 16-bit greyscale PNG/TIFF (scaled by 65535, not clipped at
-255), truncated or non-image files (an error naming the file). Images smaller than ``min_side`` are
+255), truncated or non-image files and decompression bombs (headers claiming more pixels than PIL's
+``Image.MAX_IMAGE_PIXELS`` limit allows; an error naming the file). Images smaller than ``min_side`` are
 refused: a quality score of a few pixels means nothing, and resizing them up would invent content.
 """
 
@@ -69,6 +70,10 @@ def read_image(path: str | os.PathLike, min_side: int = DEFAULT_MIN_SIDE) -> np.
         with Image.open(path) as img:
             img = ImageOps.exif_transpose(img)  # also forces the full decode: truncation fails here
             array = _to_rgb_array(img)
+    except Image.DecompressionBombError as error:  # not an OSError: a header claiming billions of pixels
+        raise ImageReadError(path, f"refused as a possible decompression bomb: {error}") from None
+    except MemoryError:
+        raise ImageReadError(path, "not enough memory to decode this image") from None
     except UnidentifiedImageError:
         raise ImageReadError(path, "not a recognised image format (corrupt, or not an image)") from None
     except (OSError, ValueError, SyntaxError) as error:  # truncated data, bad headers, decoder errors
