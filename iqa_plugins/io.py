@@ -20,7 +20,10 @@ IMAGE_EXTENSIONS = frozenset(
 )
 DEFAULT_MIN_SIDE = 16
 
-__all__ = ["IMAGE_EXTENSIONS", "DEFAULT_MIN_SIDE", "ImageReadError", "read_image", "is_image_path"]
+__all__ = [
+    "IMAGE_EXTENSIONS", "DEFAULT_MIN_SIDE", "ImageReadError", "read_image", "is_image_path", "probe_image",
+    "require_readable",
+]
 
 
 class ImageReadError(ValueError):
@@ -84,3 +87,44 @@ def read_image(path: str | os.PathLike, min_side: int = DEFAULT_MIN_SIDE) -> np.
             path, f"image is {width}x{height}, smaller than the minimum {min_side}x{min_side} for scoring"
         )
     return array
+
+
+def probe_image(path: str | os.PathLike) -> None:
+    """Cheaply check that ``path`` is a whole, decodable image (for checking a training set up front).
+
+    JPEGs are decoded at 1/8 scale (all of the compressed data is still read, so truncation shows);
+    other formats are verified (PNG: every chunk's checksum). Raises :class:`ImageReadError`.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ImageReadError(path, "no such file")
+    try:
+        with Image.open(path) as img:
+            if img.format == "JPEG":
+                img.draft("RGB", (max(1, img.width // 8), max(1, img.height // 8)))
+                img.load()
+            else:
+                img.verify()
+    except Image.DecompressionBombError as error:
+        raise ImageReadError(path, f"refused as a possible decompression bomb: {error}") from None
+    except UnidentifiedImageError:
+        raise ImageReadError(path, "not a recognised image format (corrupt, or not an image)") from None
+    except (OSError, ValueError, SyntaxError) as error:
+        raise ImageReadError(path, f"could not decode image: {error}") from None
+
+
+def require_readable(paths: list[str | os.PathLike], what: str, *, shown: int = 5) -> None:
+    """Raise ``ValueError`` naming the unreadable files among ``paths`` (``what`` says whose they are),
+    or saying that there are no readable images at all."""
+    bad = []
+    for path in paths:
+        try:
+            probe_image(path)
+        except ImageReadError as error:
+            bad.append(error)
+    if not paths or len(bad) == len(paths):
+        example = f"; e.g. {bad[0]}" if bad else ""
+        raise ValueError(f"{what}: no readable images ({len(paths)} listed{example})")
+    if bad:
+        listing = "; ".join(str(e) for e in bad[:shown]) + (f"; and {len(bad) - shown} more" if len(bad) > shown else "")
+        raise ValueError(f"{what}: {len(bad)} of {len(paths)} images are unreadable: {listing}")

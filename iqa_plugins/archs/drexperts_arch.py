@@ -56,6 +56,7 @@ from iqa_plugins.archs.drexperts_convert import (
     Converted,
     read_checkpoint,
 )
+from iqa_plugins.archs.input_check import check_image_batch
 from iqa_plugins.kernels import diff_attention
 from iqa_plugins.weights import WeightsSpec, resolve_weights
 
@@ -313,20 +314,13 @@ class DRExperts(nn.Module):
     # ------------------------------------------------------------------------------------------------------
     # the test-time protocol
 
+    def check_input(self, x: Any, *, value_range: bool = True, as_loss: bool = False) -> Tensor:
+        """The metric's input check (pyiqa's is routed here): see ``archs.input_check``."""
+        return check_image_batch(x, "DR.Experts", value_range=value_range, as_loss=as_loss)
+
     def _check(self, x: Any) -> Tensor:
-        if not isinstance(x, Tensor):
-            raise TypeError(f"DR.Experts: x must be a torch.Tensor, got {type(x).__name__}")
-        if not x.is_floating_point():
-            raise TypeError(f"DR.Experts: x must be a float tensor with values in [0, 1], got dtype {x.dtype}")
-        if x.dim() != 4:
-            raise ValueError(f"DR.Experts: x must be (N, C, H, W), got shape {tuple(x.shape)}")
-        if x.shape[1] == 1:
-            x = x.expand(-1, 3, -1, -1)
-        elif x.shape[1] != 3:
-            raise ValueError(f"DR.Experts: x must have 1 or 3 channels, got {x.shape[1]} (shape {tuple(x.shape)})")
-        if x.shape[0] == 0 or x.shape[2] == 0 or x.shape[3] == 0:
-            raise ValueError(f"DR.Experts: x is empty, shape {tuple(x.shape)}")
-        return x
+        # any float precision in; the model computes in its own (autocast still applies inside)
+        return check_image_batch(x, "DR.Experts").to(self.imagenet_mean.dtype)
 
     def _prepared(self, x: Tensor) -> tuple[Tensor, list[tuple[int, int]]]:
         """Resized (and if needed upscaled) image and the crop offsets of the protocol."""

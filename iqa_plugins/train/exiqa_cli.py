@@ -10,12 +10,14 @@ from __future__ import annotations
 import argparse
 import csv
 import json
-import pickle
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch.utils.data import DataLoader, Dataset
+
+from iqa_plugins.io import require_readable
+from iqa_plugins.split_files import split_rows
 
 
 class MOSDataset(Dataset):
@@ -70,8 +72,7 @@ def _rows(data: Path, split_index: int, phase: str) -> list[int] | None:
     split_file = data / "split.pkl"
     if not split_file.is_file():
         return None
-    with split_file.open("rb") as handle:
-        return pickle.load(handle)[split_index][phase]  # our generator's own file
+    return split_rows(split_file, split_index, phase)  # untrusted like any data file: no code runs
 
 
 def _model(args: argparse.Namespace):
@@ -117,6 +118,8 @@ def run_phase(args: argparse.Namespace) -> dict[str, Any]:
                                               random_crops=learns_from_crops)
         else:
             dataset = MOSDataset(args.data / args.meta_csv, args.data / "images", rows, None if whole else size)
+        images = dataset.images if args.phase == 1 else [path for path, _ in dataset.items]
+        require_readable(images, f"--data {str(args.data)!r} ({phase} images)")
         return DataLoader(dataset, batch_size=1 if whole else args.batch_size, shuffle=train,
                           num_workers=args.workers)
 
