@@ -309,9 +309,12 @@ def _resume_csv(path: Path, data: bytes, metrics: list[MetricSpec]) -> tuple[Exi
 
 
 def read_rows(output: str | os.PathLike, fmt: str | None = None) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    """Metadata and rows of a finished score file (scores as floats). For reports and tests."""
+    """Metadata and rows of a finished score file (scores as floats; ``({}, [])`` when it has no rows).
+    Strict: a line that does not parse raises. For reports and tests."""
     path = Path(output)
     fmt = fmt or format_for(str(path), None)
+    if path.stat().st_size == 0:  # a run that scored nothing: metadata is written with the first row
+        return {}, []
     if fmt == "jsonl":
         lines = path.read_text(encoding="utf-8").splitlines()
         meta = json.loads(lines[0])[META_KEY]
