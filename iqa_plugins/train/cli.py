@@ -32,6 +32,8 @@ from iqa_plugins.train.options import (
 )
 
 MODELS = ("drexperts", "exiqa")
+# pyiqa data set types whose images are dataroot_target/<first column of the meta CSV>
+FLAT_NR_DATASETS = ("GeneralNRDataset", "LIVEChallengeDataset")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -105,7 +107,7 @@ def _check_paths(opt: dict[str, Any]) -> None:
                 )
         if dataset.get("split_file"):
             load_splits(dataset["split_file"])
-        if dataset.get("dataroot_target") and dataset.get("meta_info_file"):
+        if dataset.get("type") in FLAT_NR_DATASETS and dataset.get("dataroot_target") and dataset.get("meta_info_file"):
             with open(dataset["meta_info_file"], newline="", encoding="utf-8") as handle:
                 names = [row[0] for row in list(csv.reader(handle))[1:] if row]
             require_readable([Path(dataset["dataroot_target"]) / n for n in names], f"datasets.{phase}")

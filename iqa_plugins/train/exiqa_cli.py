@@ -100,10 +100,10 @@ def run_phase(args: argparse.Namespace) -> dict[str, Any]:
     if args.phase is None:
         raise ValueError("exiqa needs --phase 1 or --phase 2")
     device = "cuda" if args.device != "cpu" and torch.cuda.is_available() else "cpu"
+    held_out = "test" if (_rows(args.data, args.split_index, "test") or []) else "val"  # data checked first
     model = _model(args).to(device)
     size = int(model.config["image_size"])
     crops = model.config["input"] == "crops"
-    held_out = "test" if (_rows(args.data, args.split_index, "test") or []) else "val"
 
     def loader(phase: str, train: bool) -> DataLoader:
         rows = _rows(args.data, args.split_index, phase)
