@@ -10,6 +10,8 @@ refused: a quality score of a few pixels means nothing, and resizing them up wou
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -58,6 +60,21 @@ def _to_rgb_array(img: Image.Image) -> np.ndarray:
     return np.asarray(img.convert("RGB"), dtype=np.float32) / 255.0
 
 
+@contextmanager
+def _decoding(path: Path) -> Iterator[None]:
+    """Turn whatever PIL raises while opening or decoding ``path`` into an :class:`ImageReadError`."""
+    try:
+        yield
+    except Image.DecompressionBombError as error:  # not an OSError: a header claiming billions of pixels
+        raise ImageReadError(path, f"refused as a possible decompression bomb: {error}") from None
+    except MemoryError:
+        raise ImageReadError(path, "not enough memory to decode this image") from None
+    except UnidentifiedImageError:
+        raise ImageReadError(path, "not a recognised image format (corrupt, or not an image)") from None
+    except (OSError, ValueError, SyntaxError) as error:  # truncated data, bad headers, decoder errors
+        raise ImageReadError(path, f"could not decode image: {error}") from None
+
+
 def read_image(path: str | os.PathLike, min_side: int = DEFAULT_MIN_SIDE) -> np.ndarray:
     """Read ``path`` as float32 RGB (H,W,3) in [0,1], upright per its EXIF orientation.
 
@@ -69,18 +86,10 @@ def read_image(path: str | os.PathLike, min_side: int = DEFAULT_MIN_SIDE) -> np.
         raise ImageReadError(path, "no such file")
     if path.is_dir():
         raise ImageReadError(path, "is a directory, not an image file")
-    try:
+    with _decoding(path):
         with Image.open(path) as img:
             img = ImageOps.exif_transpose(img)  # also forces the full decode: truncation fails here
             array = _to_rgb_array(img)
-    except Image.DecompressionBombError as error:  # not an OSError: a header claiming billions of pixels
-        raise ImageReadError(path, f"refused as a possible decompression bomb: {error}") from None
-    except MemoryError:
-        raise ImageReadError(path, "not enough memory to decode this image") from None
-    except UnidentifiedImageError:
-        raise ImageReadError(path, "not a recognised image format (corrupt, or not an image)") from None
-    except (OSError, ValueError, SyntaxError) as error:  # truncated data, bad headers, decoder errors
-        raise ImageReadError(path, f"could not decode image: {error}") from None
     height, width = array.shape[:2]
     if min(height, width) < min_side:
         raise ImageReadError(
@@ -98,19 +107,12 @@ def probe_image(path: str | os.PathLike) -> None:
     path = Path(path)
     if not path.is_file():
         raise ImageReadError(path, "no such file")
-    try:
-        with Image.open(path) as img:
-            if img.format == "JPEG":
-                img.draft("RGB", (max(1, img.width // 8), max(1, img.height // 8)))
-                img.load()
-            else:
-                img.verify()
-    except Image.DecompressionBombError as error:
-        raise ImageReadError(path, f"refused as a possible decompression bomb: {error}") from None
-    except UnidentifiedImageError:
-        raise ImageReadError(path, "not a recognised image format (corrupt, or not an image)") from None
-    except (OSError, ValueError, SyntaxError) as error:
-        raise ImageReadError(path, f"could not decode image: {error}") from None
+    with _decoding(path), Image.open(path) as img:
+        if img.format == "JPEG":
+            img.draft("RGB", (max(1, img.width // 8), max(1, img.height // 8)))
+            img.load()
+        else:
+            img.verify()
 
 
 def require_readable(paths: list[str | os.PathLike], what: str, *, shown: int = 5) -> None:

@@ -204,3 +204,21 @@ def test_unknown_command(cli):
     result = cli(["scroe", "x"])
     assert result.code == 2 and "unknown command 'scroe'" in result.err
 
+
+
+@pytest.mark.parametrize("fmt, keep", [("JPEG", 0.5), ("PNG", 0.5), ("PNG", 0.98), ("JPEG", None), ("PNG", None)])
+def test_training_image_probe_catches_truncation(tmp_path, fmt, keep):
+    from PIL import Image
+
+    from iqa_plugins.io import ImageReadError, probe_image
+
+    rng = np.random.default_rng(0)
+    path = tmp_path / f"x.{fmt.lower()}"
+    Image.fromarray(rng.integers(0, 256, (96, 128, 3), dtype=np.uint8)).save(path, format=fmt)
+    if keep is None:
+        probe_image(path)  # whole files pass
+        return
+    data = path.read_bytes()
+    path.write_bytes(data[: int(len(data) * keep)])
+    with pytest.raises(ImageReadError, match=path.name):
+        probe_image(path)
