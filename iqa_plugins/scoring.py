@@ -81,10 +81,18 @@ def load_metric(name: str, options: dict[str, Any], device: str, *, explain: boo
     if explain and not has_explanations(model):
         raise MetricLoadError(f"--explain: metric {name!r} has no explanations (only metrics whose arch has "
                               "explain(), e.g. drexperts and exiqa)")
-    score_range = model.score_range
-    spec = MetricSpec(name, options, explain, score_range if score_range is None else str(score_range),
-                      bool(model.lower_better))
+    spec = MetricSpec(name, options, explain, _score_range(model.score_range), bool(model.lower_better))
     return LoadedMetric(spec, model)
+
+
+def _score_range(text: Any) -> list[float] | None:
+    """pyiqa's ``score_range`` ("0, 100", "~0, ~1 (note)") as [lo, hi]; None when it gives no two numbers."""
+    parts = str(text).split("(")[0].replace("~", "").split(",")
+    try:
+        low, high = (float(p) for p in parts)
+    except ValueError:
+        return None
+    return [low, high]
 
 
 # ----------------------------------------------------------------------------------------------------------

@@ -301,7 +301,8 @@ def test_several_metrics_decode_each_image_once(cli, good_images, tmp_path, monk
     assert sorted(decoded) == good
     meta_line = json.loads(both.read_text().splitlines()[0])["_meta"]
     assert meta_line["columns"] == ["path", CHEAP, OTHER]
-    assert [m["name"] for m in meta_line["metrics"]] == [CHEAP, OTHER]
+    assert [(m["name"], m["score_range"], m["lower_better"]) for m in meta_line["metrics"]] == [
+        (CHEAP, [0, 100], True), (OTHER, [0, 8], False)]
     single = {}
     for name in (CHEAP, OTHER):
         assert score(cli, folder, "--metric", name, "-o", tmp_path / f"{name}.csv").code == 0
