@@ -192,20 +192,27 @@ def _run(args: argparse.Namespace, plan: _Plan, metrics: list[LoadedMetric]) -> 
         out = open(args.output, "a" if plan.appending else "w", newline="", encoding="utf-8")
         errors = ErrorLog(args.output, append=args.resume)
     writer = ScoreWriter(out, plan.fmt, specs, output=args.output, columns=plan.existing_columns)
-    failures, scored = list(plan.failures), 0
+    failures, scored = [], 0
+
+    def record(failure: Failure) -> None:
+        failures.append(failure)
+        if errors is not None:
+            errors.write(failure.path, failure.reason)
+
     try:
         for failure in plan.failures:
-            if errors is not None:
-                errors.write(failure.path, failure.reason)
+            record(failure)
         for item in score_paths(plan.paths, metrics, batch_size=args.batch_size, num_workers=args.workers,
                                 dtype=args.dtype, min_side=args.min_side, progress=not args.quiet):
             if isinstance(item, Failure):
-                failures.append(item)
-                if errors is not None:
-                    errors.write(item.path, item.reason)
-            else:
-                writer.write(item)
-                scored += 1
+                record(item)
+                continue
+            try:
+                writer.write(item)  # encoded whole before any byte is written
+            except UnicodeEncodeError:
+                record(Failure(item["path"], "the file name is not valid UTF-8 and cannot be written as a row"))
+                continue
+            scored += 1
     finally:
         if out is not sys.stdout:
             out.close()

@@ -396,3 +396,20 @@ def test_bad_weights_files(cli, good_images, tmp_path, make, message):
                    "-o", out)
     assert result.code == 2 and message in result.err and "w.pth" in result.err
     assert out.read_text() == PRECIOUS
+
+
+@pytest.mark.parametrize("fmt", ["csv", "jsonl"])
+def test_file_names_that_are_not_utf8(cli, good_images, tmp_path, fmt):
+    folder, good = good_images
+    odd = os.path.join(os.fsencode(folder), b"caf\xe9.png")  # Latin-1 bytes, not UTF-8
+    save_random_png(Path(os.fsdecode(odd)))
+    out = tmp_path / f"s.{fmt}"
+    result = score(cli, folder, "--metric", CHEAP, "-o", out)
+    rows = rows_of(out)
+    if fmt == "jsonl":  # JSON escapes the name; resume recognises it
+        assert result.code == 0 and len(rows) == 4
+        again = score(cli, folder, "--metric", CHEAP, "-o", out, "--resume")
+        assert again.code == 0 and "every image is already in" in again.err
+    else:  # CSV is UTF-8 text: the image is reported, every other row kept
+        assert result.code == 1 and "not valid UTF-8" in result.err
+        assert sorted(r["path"] for r in rows) == good
