@@ -23,7 +23,12 @@ IMAGE_EXTENSIONS = frozenset(
 DEFAULT_MIN_SIDE = 16
 
 __all__ = [
-    "IMAGE_EXTENSIONS", "DEFAULT_MIN_SIDE", "ImageReadError", "read_image", "is_image_path", "probe_image",
+    "DEFAULT_MIN_SIDE",
+    "IMAGE_EXTENSIONS",
+    "ImageReadError",
+    "is_image_path",
+    "probe_image",
+    "read_image",
     "require_readable",
 ]
 
@@ -86,10 +91,9 @@ def read_image(path: str | os.PathLike, min_side: int = DEFAULT_MIN_SIDE) -> np.
         raise ImageReadError(path, "no such file")
     if path.is_dir():
         raise ImageReadError(path, "is a directory, not an image file")
-    with _decoding(path):
-        with Image.open(path) as img:
-            img = ImageOps.exif_transpose(img)  # also forces the full decode: truncation fails here
-            array = _to_rgb_array(img)
+    with _decoding(path), Image.open(path) as img:
+        img = ImageOps.exif_transpose(img)  # also forces the full decode: truncation fails here
+        array = _to_rgb_array(img)
     height, width = array.shape[:2]
     if min(height, width) < min_side:
         raise ImageReadError(

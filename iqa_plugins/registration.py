@@ -62,7 +62,7 @@ def route_input_check() -> None:
     if getattr(original, "routes_to_arch", False):
         return
 
-    def is_valid_input(self, x):  # noqa: ANN001  (pyiqa's signature)
+    def is_valid_input(self, x):
         check = getattr(self.net, "check_input", None)
         if x is None or check is None:
             return original(self, x)

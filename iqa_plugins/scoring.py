@@ -30,7 +30,7 @@ DTYPES = {"fp32": None, "bf16": "bfloat16", "fp16": "float16"}
 # What a metric may raise on one image that it cannot handle; reported for that image, the run goes on.
 METRIC_ERRORS = (RuntimeError, ValueError, AssertionError, TypeError, IndexError, ZeroDivisionError)
 
-__all__ = ["Failure", "LoadedMetric", "MetricLoadError", "collect_images", "load_metric", "score_paths", "DTYPES"]
+__all__ = ["DTYPES", "Failure", "LoadedMetric", "MetricLoadError", "collect_images", "load_metric", "score_paths"]
 
 
 @dataclass(frozen=True)

@@ -32,9 +32,20 @@ VERSION = 1
 META_KEY = "_meta"
 
 __all__ = [
-    "FORMAT", "VERSION", "MetricSpec", "OutputFormatError", "ScoreWriter", "ErrorLog", "ExistingOutput",
-    "normalise_path", "sidecar_path", "errors_path", "make_metadata", "open_for_resume", "read_rows",
+    "FORMAT",
+    "VERSION",
+    "ErrorLog",
+    "ExistingOutput",
+    "MetricSpec",
+    "OutputFormatError",
+    "ScoreWriter",
+    "errors_path",
     "format_for",
+    "make_metadata",
+    "normalise_path",
+    "open_for_resume",
+    "read_rows",
+    "sidecar_path",
 ]
 
 
@@ -194,7 +205,7 @@ class ExistingOutput:
         return self.columns is None
 
 
-def _check_metadata(meta: Any, where: str, fmt: str, metrics: list[MetricSpec]) -> list[str]:
+def _check_metadata(meta: Any, where: str, metrics: list[MetricSpec]) -> list[str]:
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
         raise OutputFormatError(f"{where} is not an iqa-plugins score file (no {FORMAT!r} metadata); "
                                 "refusing to append to it (choose another --output)")
@@ -253,7 +264,7 @@ def _resume_jsonl(path: Path, data: bytes, metrics: list[MetricSpec]) -> tuple[E
     except ValueError:
         first = None
     meta = first.get(META_KEY) if isinstance(first, dict) else None
-    columns = _check_metadata(meta, str(path), "jsonl", metrics)
+    columns = _check_metadata(meta, str(path), metrics)
     done: set[str] = set()
     keep = len(lines[0]) + 1
     body = lines[1:-1]  # whole lines; a row cut by a kill lacks its newline and is lines[-1], left out
@@ -279,11 +290,9 @@ def _resume_csv(path: Path, data: bytes, metrics: list[MetricSpec]) -> tuple[Exi
         meta = json.loads(sidecar.read_text(encoding="utf-8"))
     except (OSError, ValueError) as error:
         raise OutputFormatError(f"{sidecar}: unreadable metadata ({error}); refusing to append to {path}") from None
-    columns = _check_metadata(meta, str(path), "csv", metrics)
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError:
-        raise OutputFormatError(f"{path} is not UTF-8 text; refusing to append to it") from None
+    columns = _check_metadata(meta, str(path), metrics)
+    # surrogateescape: a kill can cut a row inside a multi-byte character; its bytes still round-trip
+    text = data.decode("utf-8", errors="surrogateescape")
     records = list(csv.reader(io.StringIO(text, newline="")))
     if not records or records[0] != columns:
         if len(records) == 1 and not text.endswith("\n") and _csv_line(columns).startswith(text):
@@ -294,7 +303,7 @@ def _resume_csv(path: Path, data: bytes, metrics: list[MetricSpec]) -> tuple[Exi
     keep = len(_csv_line(columns).encode())
     rows = records[1:]
     for number, values in enumerate(rows, start=2):
-        line = _csv_line(values).encode()
+        line = _csv_line(values).encode("utf-8", errors="surrogateescape")
         row = dict(zip(columns, values)) if len(values) == len(columns) else {}
         # A row is whole when it parses to every column with finite scores and its bytes are exactly what
         # this writer writes (a cut inside a score still parses, but lacks the newline that follows it).

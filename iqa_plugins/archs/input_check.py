@@ -9,6 +9,8 @@ with :func:`check_image_batch` instead (``registration`` routes pyiqa's check to
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor
 
@@ -17,7 +19,7 @@ from torch import Tensor
 LOSS_INPUT_LIMIT = 10.0
 RANGE_TOLERANCE = 1e-6
 
-__all__ = ["check_image_batch", "LOSS_INPUT_LIMIT"]
+__all__ = ["LOSS_INPUT_LIMIT", "check_image_batch"]
 
 
 def check_image_batch(x: object, who: str, *, value_range: bool = False, as_loss: bool = False) -> Tensor:
@@ -42,7 +44,7 @@ def check_image_batch(x: object, who: str, *, value_range: bool = False, as_loss
                          "move it to a real device (cpu, cuda)")
     if value_range or as_loss:
         lo, hi = (float(v) for v in torch.aminmax(x.detach()))
-        if lo != lo or hi != hi or abs(lo) == float("inf") or abs(hi) == float("inf"):
+        if not (math.isfinite(lo) and math.isfinite(hi)):
             raise ValueError(f"{who}: x contains NaN or infinite values")
         if as_loss and max(abs(lo), abs(hi)) > LOSS_INPUT_LIMIT:
             raise ValueError(f"{who}: x ranges over [{lo:.4g}, {hi:.4g}], which looks like 0-255 pixel values; "

@@ -27,10 +27,10 @@ def good_images(tmp_path):
 @pytest.fixture(scope="session")
 def drexperts_checkpoint(tmp_path_factory) -> Path:
     """A small DR.Experts with random weights, saved in the compact checkpoint format."""
+    import torch
+
     from iqa_plugins.archs.drexperts_arch import DRExperts
     from iqa_plugins.archs.drexperts_convert import save_pretrained
-
-    import torch
 
     torch.manual_seed(0)
     path = tmp_path_factory.mktemp("weights") / "drexperts_small.pth"

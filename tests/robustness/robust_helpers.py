@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from iqa_plugins.scoring_output import normalise_path, read_rows
+from iqa_plugins.scoring_output import read_rows
 
 CHEAP = "piqe"  # pyiqa NR metrics that need no weights download
 OTHER = "entropy"

@@ -8,10 +8,9 @@ import os
 from pathlib import Path
 
 import pytest
+from robust_helpers import BAD_KINDS, CHEAP, OTHER, bomb_png, error_lines, make_bad_file, rows_of, save_random_png
 
 from iqa_plugins.scoring_output import normalise_path, sidecar_path
-
-from robust_helpers import BAD_KINDS, CHEAP, OTHER, bomb_png, error_lines, make_bad_file, rows_of, save_random_png
 
 SCORE = ["score", "--workers", "0", "-q"]
 
@@ -184,7 +183,7 @@ CUTS = [0.1, 0.5, 0.9, -1]
 @pytest.mark.parametrize("fmt", ["csv", "jsonl"])
 @pytest.mark.parametrize("cut", CUTS)
 def test_resume_repairs_a_cut_last_row_and_rescores_it(cli, scored, fmt, cut):
-    folder, good, outputs = scored
+    folder, _, outputs = scored
     out = outputs[fmt]
     full = rows_of(out)
     data = out.read_bytes()
@@ -290,7 +289,7 @@ def test_resume_retries_files_listed_as_errors(cli, good_images, tmp_path):
 
 
 def test_several_metrics_decode_each_image_once(cli, good_images, tmp_path, monkeypatch):
-    import iqa_plugins.scoring as scoring
+    from iqa_plugins import scoring
 
     folder, good = good_images
     decoded = []
@@ -413,3 +412,15 @@ def test_file_names_that_are_not_utf8(cli, good_images, tmp_path, fmt):
     else:  # CSV is UTF-8 text: the image is reported, every other row kept
         assert result.code == 1 and "not valid UTF-8" in result.err
         assert sorted(r["path"] for r in rows) == good
+
+
+def test_resume_repairs_a_row_cut_inside_a_multibyte_character(cli, good_images, tmp_path):
+    folder, good = good_images
+    accented = save_random_png(folder / "zé.png")  # sorts last: its row is the last one
+    out = tmp_path / "s.csv"
+    assert score(cli, folder, "--metric", CHEAP, "-o", out).code == 0
+    data = out.read_bytes()
+    out.write_bytes(data[: data.index("é".encode()) + 1])  # between the two bytes of é
+    result = score(cli, folder, "--metric", CHEAP, "-o", out, "--resume")
+    assert result.code == 0 and "dropped a cut last row" in result.err
+    assert [r["path"] for r in rows_of(out)] == sorted(good + [normalise_path(accented)])
