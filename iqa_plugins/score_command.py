@@ -54,7 +54,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--resume", action="store_true",
                         help="continue --output: skip images already in it (same metrics and options only)")
     parser.add_argument("--explain", action="store_true",
-                        help="add explanation columns (metrics with explanations: drexperts, exiqa)")
+                        help="add <metric>:<key> explanation columns; every --metric must have explanations "
+                             "(drexperts, exiqa)")
     parser.add_argument("--min-side", type=int, default=DEFAULT_MIN_SIDE, help="skip smaller images")
     parser.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
 
