@@ -382,13 +382,16 @@ def test_explain_columns_and_resume_toggling_explain(cli, good_images, tmp_path,
 @pytest.mark.parametrize(
     "make, message",
     [
-        (lambda p: p.write_bytes(b"garbage, not a checkpoint"), "could not create --metric 'drexperts'"),
-        (lambda p: None, "no such file"),
+        (lambda p, good: p.write_bytes(b"garbage, not a checkpoint"), "could not create --metric 'drexperts'"),
+        (lambda p, good: p.write_bytes(good.read_bytes()[: good.stat().st_size // 2]), "could not create"),
+        (lambda p, good: p.mkdir(), "no such file"),
+        (lambda p, good: None, "no such file"),
     ],
+    ids=["garbage", "truncated", "directory", "missing"],
 )
-def test_bad_weights_files(cli, good_images, tmp_path, make, message):
+def test_bad_weights_files(cli, good_images, tmp_path, drexperts_checkpoint, make, message):
     weights = tmp_path / "w.pth"
-    make(weights)
+    make(weights, drexperts_checkpoint)
     out = tmp_path / "s.csv"
     out.write_text(PRECIOUS)
     result = score(cli, good_images[0], "--metric", "drexperts", "--metric-opt", f"pretrained_model_path={weights}",
