@@ -21,6 +21,7 @@ from iqa_plugins.io import DEFAULT_MIN_SIDE
 from iqa_plugins.scoring import DTYPES, Failure, LoadedMetric, MetricLoadError, collect_images, load_metric, score_paths
 from iqa_plugins.scoring_output import (
     ErrorLog,
+    ExistingOutput,
     MetricSpec,
     OutputFormatError,
     ScoreWriter,
@@ -115,8 +116,11 @@ class _Plan:
     requested: list[MetricSpec]
     paths: list[str]
     failures: list[Failure]
-    existing_columns: list[str] | None
-    appending: bool
+    existing: ExistingOutput | None  # what --resume continues
+
+    @property
+    def appending(self) -> bool:
+        return self.existing is not None and not self.existing.empty
 
 
 def _plan(args: argparse.Namespace) -> _Plan:
@@ -133,15 +137,10 @@ def _plan(args: argparse.Namespace) -> _Plan:
     _check_output(args.output, args.resume)
     requested = [MetricSpec(n, options[n], args.explain) for n in names]
     paths, failures = collect_images(args.inputs)
-    columns, appending = None, False
-    if args.resume:
-        existing = open_for_resume(args.output, fmt, requested)
-        if existing.dropped_cut_row:
-            print(f"iqa-plugins score: dropped a cut last row of {args.output}; that image is scored again",
-                  file=sys.stderr)
+    existing = open_for_resume(args.output, fmt, requested) if args.resume else None
+    if existing is not None:
         paths = [p for p in paths if p not in existing.done]
-        columns, appending = existing.columns, not existing.empty
-    return _Plan(fmt, names, options, requested, paths, failures, columns, appending)
+    return _Plan(fmt, names, options, requested, paths, failures, existing)
 
 
 def _report(failures: list[Failure]) -> None:
@@ -188,11 +187,16 @@ def _run(args: argparse.Namespace, plan: _Plan, metrics: list[LoadedMetric]) -> 
     """Only now is the output opened: a fresh run replaces it, ``--resume`` appends to its good rows."""
     specs = [m.spec for m in metrics]
     out, errors = sys.stdout, None
+    if plan.existing is not None and plan.existing.has_cut_row:
+        plan.existing.drop_cut_row()
+        print(f"iqa-plugins score: dropped a cut last row of {args.output}; that image is scored again",
+              file=sys.stderr)
     if args.output:
         Path(args.output).parent.mkdir(parents=True, exist_ok=True)
         out = open(args.output, "a" if plan.appending else "w", newline="", encoding="utf-8")
         errors = ErrorLog(args.output, append=args.resume)
-    writer = ScoreWriter(out, plan.fmt, specs, output=args.output, columns=plan.existing_columns)
+    writer = ScoreWriter(out, plan.fmt, specs, output=args.output,
+                         columns=plan.existing.columns if plan.appending else None)
     failures, scored = [], 0
 
     def record(failure: Failure) -> None:

@@ -198,11 +198,22 @@ class ExistingOutput:
     metadata: dict[str, Any] | None
     done: set[str]
     columns: list[str] | None
-    dropped_cut_row: bool = False
+    path: Path | None = None
+    keep: int = 0
+    """Bytes of whole rows; anything after them is a cut last row, dropped by :meth:`drop_cut_row`."""
 
     @property
     def empty(self) -> bool:
         return self.columns is None
+
+    @property
+    def has_cut_row(self) -> bool:
+        return self.path is not None and self.path.stat().st_size > self.keep
+
+    def drop_cut_row(self) -> None:
+        """Truncate to the whole rows; called once the run is sure to start."""
+        if self.has_cut_row:
+            os.truncate(self.path, self.keep)
 
 
 def _check_metadata(meta: Any, where: str, metrics: list[MetricSpec]) -> list[str]:
@@ -235,10 +246,11 @@ def _valid_row(row: dict[str, Any], metrics: list[MetricSpec]) -> bool:
 
 
 def open_for_resume(output: str | os.PathLike, fmt: str, metrics: list[MetricSpec]) -> ExistingOutput:
-    """Read an existing output for ``--resume``: check it, drop a cut last row, return the scored paths.
+    """Read an existing output for ``--resume``: check it and return the scored paths; the file is not
+    changed (:meth:`ExistingOutput.drop_cut_row` drops a cut last row when the run starts).
 
-    Raises :class:`OutputFormatError` (the file left untouched) for a file that is not a score file of
-    this format, was written for other metrics/options, or has a damaged row before its last line.
+    Raises :class:`OutputFormatError` for a file that is not a score file of this format, was written for
+    other metrics/options, or has a damaged row before its last line.
     """
     path = Path(output)
     if not path.is_file() or path.stat().st_size == 0:
@@ -246,9 +258,7 @@ def open_for_resume(output: str | os.PathLike, fmt: str, metrics: list[MetricSpe
     data = path.read_bytes()
     reader = _resume_jsonl if fmt == "jsonl" else _resume_csv
     existing, keep = reader(path, data, metrics)
-    if keep < len(data):
-        os.truncate(path, keep)  # only ever a cut last row; checked by the reader
-        existing.dropped_cut_row = True
+    existing.path, existing.keep = path, keep
     return existing
 
 

@@ -427,3 +427,14 @@ def test_resume_repairs_a_row_cut_inside_a_multibyte_character(cli, good_images,
     result = score(cli, folder, "--metric", CHEAP, "-o", out, "--resume")
     assert result.code == 0 and "dropped a cut last row" in result.err
     assert [r["path"] for r in rows_of(out)] == sorted(good + [normalise_path(accented)])
+
+
+@pytest.mark.parametrize("fmt", ["csv", "jsonl"])
+def test_a_resume_that_fails_leaves_even_a_cut_row_alone(cli, scored, fmt):
+    folder, _, outputs = scored
+    out = outputs[fmt]
+    out.write_bytes(out.read_bytes()[:-5])
+    before = out.read_bytes()
+    result = score(cli, folder, "--metric", CHEAP, "-o", out, "--resume", "--device", "toaster")
+    assert result.code == 2 and "--device 'toaster'" in result.err
+    assert out.read_bytes() == before
