@@ -9,6 +9,7 @@ metric unavailable, an output that cannot be resumed) and no output file was tou
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
 from dataclasses import dataclass
@@ -185,26 +186,26 @@ def main(args: argparse.Namespace) -> int:
 
 def _run(args: argparse.Namespace, plan: _Plan, metrics: list[LoadedMetric]) -> int:
     """Only now is the output opened: a fresh run replaces it, ``--resume`` appends to its good rows."""
-    specs = [m.spec for m in metrics]
-    out, errors = sys.stdout, None
     if plan.existing is not None and plan.existing.has_cut_row:
         plan.existing.drop_cut_row()
         print(f"iqa-plugins score: dropped a cut last row of {args.output}; that image is scored again",
               file=sys.stderr)
-    if args.output:
-        Path(args.output).parent.mkdir(parents=True, exist_ok=True)
-        out = open(args.output, "a" if plan.appending else "w", newline="", encoding="utf-8")
-        errors = ErrorLog(args.output, append=args.resume)
-    writer = ScoreWriter(out, plan.fmt, specs, output=args.output,
-                         columns=plan.existing.columns if plan.appending else None)
     failures, scored = [], 0
+    with contextlib.ExitStack() as files:
+        out, errors = sys.stdout, None
+        if args.output:
+            Path(args.output).parent.mkdir(parents=True, exist_ok=True)
+            out = files.enter_context(open(args.output, "a" if plan.appending else "w", newline="", encoding="utf-8"))
+            errors = ErrorLog(args.output, append=args.resume)
+            files.callback(errors.close)
+        writer = ScoreWriter(out, plan.fmt, [m.spec for m in metrics], output=args.output,
+                             columns=plan.existing.columns if plan.appending else None)
 
-    def record(failure: Failure) -> None:
-        failures.append(failure)
-        if errors is not None:
-            errors.write(failure.path, failure.reason)
+        def record(failure: Failure) -> None:
+            failures.append(failure)
+            if errors is not None:
+                errors.write(failure.path, failure.reason)
 
-    try:
         for failure in plan.failures:
             record(failure)
         for item in score_paths(plan.paths, metrics, batch_size=args.batch_size, num_workers=args.workers,
@@ -218,11 +219,6 @@ def _run(args: argparse.Namespace, plan: _Plan, metrics: list[LoadedMetric]) -> 
                 record(Failure(item["path"], "the file name is not valid UTF-8 and cannot be written as a row"))
                 continue
             scored += 1
-    finally:
-        if out is not sys.stdout:
-            out.close()
-        if errors is not None:
-            errors.close()
     if failures:
         _report(failures)
     print(f"scored {scored} image(s) with {', '.join(plan.names)}"
