@@ -384,7 +384,7 @@ def test_explain_columns_and_resume_toggling_explain(cli, good_images, tmp_path,
     [
         (lambda p, good: p.write_bytes(b"garbage, not a checkpoint"), "could not create --metric 'drexperts'"),
         (lambda p, good: p.write_bytes(good.read_bytes()[: good.stat().st_size // 2]), "could not create"),
-        (lambda p, good: p.mkdir(), "no such file"),
+        (lambda p, good: p.mkdir(), "is a folder, not a checkpoint file"),
         (lambda p, good: None, "no such file"),
     ],
     ids=["garbage", "truncated", "directory", "missing"],
