@@ -405,12 +405,29 @@ class DRExperts(nn.Module):
 
     def _fast(self, crops: Tensor, details: bool = False) -> dict[str, Tensor]:
         feats, experts, hiddens = self._shared(crops, literal=False)
-        dsdm, dim = self.dsdm, self.embed_dim
+        return self._expert_stage(feats, experts, hiddens[-1], details)
+
+    def _expert_stage(self, feats: Tensor, experts: Tensor, hidden: Tensor, details: bool = False) -> dict[str, Tensor]:
+        """Fast path after the backbone and the controller: backbone tokens F (B, N, D), expert tokens F_D
+        (B, E, D) and the controller's last zero-module output -> "score" (B,), "weights" (B, E) and, with
+        details, "attention" (B, E, N): the refined CLS attention (softmax1 - alpha softmax2) per expert."""
+        rows, (q1, keys1, q2, values, scale) = self._expert_attention(feats, experts, hidden)
+        result = self._expert_head(feats, experts, rows)
+        if details:
+            p1 = torch.softmax((keys1 @ q1.transpose(-1, -2)).squeeze(-1) * scale, dim=-1)
+            p2 = torch.softmax((values @ q2.transpose(-1, -2)).squeeze(-1) * scale, dim=-1)
+            result["attention"] = p1 - self.dsdm.alpha * p2
+        return result
+
+    def _expert_attention(self, feats: Tensor, experts: Tensor, hidden: Tensor) -> tuple[Tensor, tuple]:
+        """CLS rows of the ten DSDM attentions before W_v, (B, E, D), in one op call with the experts as heads;
+        also the call's (q1, keys1, q2, values, scale)."""
+        dsdm = self.dsdm
         n_experts = experts.shape[1]
-        grid_keys = self.norm3_hidden_feature(self._grid_tokens(hiddens[-1]))  # the same for every expert
+        grid_keys = self.norm3_hidden_feature(self._grid_tokens(hidden))  # the same for every expert
         expert_keys = self.norm3_hidden_feature(experts)
-        # The ten experts are the heads of one attention call: expert i's values (and second keys) are norm_vit
-        # applied i+1 times to F, as the authors' loop reassigns it.
+        # Expert i's values (and second keys) are norm_vit applied i+1 times to F, as the authors' loop
+        # reassigns it: the iterates are the heads.
         iterates, current = [], feats
         for _ in range(n_experts):
             current = self.norm_vit(current)
@@ -423,9 +440,14 @@ class DRExperts(nn.Module):
         values = values.to(dtype)
         keys1 = torch.cat([expert_keys[:, :, None], grid_keys[:, None].expand(-1, n_experts, -1, -1)], dim=2)
         keys1 = keys1.to(dtype)
-        scale = 1.0 / math.sqrt(dim)
-        # alpha stays a 0-d parameter: the op broadcasts it to (B, E) as a view.
-        rows = diff_attention(q1, keys1, q2, values, values, dsdm.alpha, scale=scale)[:, :, 0]  # (B, E, D)
+        scale = 1.0 / math.sqrt(self.embed_dim)
+        # alpha stays the 0-d parameter: the op broadcasts it to (B, E) as a view.
+        rows = diff_attention(q1, keys1, q2, values, values, dsdm.alpha, scale=scale)[:, :, 0]
+        return rows, (q1, keys1, q2, values, scale)
+
+    def _expert_head(self, feats: Tensor, experts: Tensor, rows: Tensor) -> dict[str, Tensor]:
+        """W_v, FFN, DDWM and score on the experts' attention rows (B, E, D) (CLS only)."""
+        dsdm, dim = self.dsdm, self.embed_dim
         alpha = dsdm.alpha
         w_expert, w_feat = dsdm.W_v.weight.split(dim, dim=1)
         # W_v([F_D ; F]) after attention rows summing to 1 - alpha: the F_D half and the bias scale by 1 - alpha.
@@ -433,12 +455,7 @@ class DRExperts(nn.Module):
         grouped = self.group_attn_ffn(self.attn_norm(refined)) * (1 - self.lamda_init)
         cls = feats[:, 0]
         weights = self.ddwm(grouped, cls[:, None].expand_as(grouped)).squeeze(-1)  # (B, E)
-        result = {"score": self.score(cls * weights.sum(dim=1, keepdim=True)).squeeze(-1), "weights": weights}
-        if details:  # refined CLS attention per expert, (B, E, 1 + g*g)
-            p1 = torch.softmax((keys1 @ q1.transpose(-1, -2)).squeeze(-1) * scale, dim=-1)
-            p2 = torch.softmax((values @ q2.transpose(-1, -2)).squeeze(-1) * scale, dim=-1)
-            result["attention"] = p1 - alpha * p2
-        return result
+        return {"score": self.score(cls * weights.sum(dim=1, keepdim=True)).squeeze(-1), "weights": weights}
 
     # ------------------------------------------------------------------------------------------------------
     # explanations
