@@ -140,9 +140,10 @@ def evaluate_targets(out: Path) -> dict[str, Any]:
     host = _load(out / "drexperts_host.json")
     if host and "batch1" in host["results"]:
         values["drexperts_host_work_ratio_batch1"] = host["results"]["batch1"]["ratio_per_expert_over_heads_median"]
-        details["drexperts_host_s_per_crop"] = {
-            f"{k}/{v}": host["results"][k][v]["host_s_per_crop_median"]
-            for k in host["results"] for v in ("per_expert_calls", "experts_as_heads")}
+        details["drexperts_host"] = {
+            batch: {k: v for k, v in info.items() if "ratio" in k or k.endswith("experts_as_heads")
+                    or k.endswith("per_expert_calls")}
+            for batch, info in host["results"].items()}
     verdicts = {name: None if values[name] is None else bool(values[name] >= goal) for name, goal in TARGETS.items()}
     return {"targets": TARGETS, "measured": values, "met": verdicts, "details": details}
 
