@@ -94,8 +94,11 @@ def install_steps(bundle: Path, logs: Path) -> list[dict[str, Any]]:
         env = {"MAX_JOBS": str(os.cpu_count() or 4)}
         if torch.cuda.is_available():
             env["IQA_PLUGINS_BUILD_CUDA"] = "1"
-        steps.append(_run("install", [sys.executable, "-m", "pip", "install", "--no-index", "--no-deps",
-                                      "--no-build-isolation", "--quiet", "-e", "."], logs, 240, env))
+        cmd = [sys.executable, "-m", "pip", "install", "--no-index", "--no-deps", "--no-build-isolation", "--quiet",
+               "-e", "."]
+        steps.append(_run("install", cmd, logs, 240, env))
+        if steps[-1]["exit"] != 0:  # the compiled scorer did not build: still test the rest (its tests then skip)
+            steps.append(_run("install_without_extension", cmd, logs, 120, {"IQA_PLUGINS_NO_EXT": "1"}))
     return steps
 
 
@@ -163,7 +166,7 @@ def main(argv: list[str] | None = None) -> int:
 
     steps = install_steps(args.bundle, logs)
     left = lambda: max(30.0, deadline - time.monotonic())  # noqa: E731
-    steps.append(_pytest("tests", ["-m", "gpu", "tests"], logs, min(left(), 200 if gpu else 600),
+    steps.append(_pytest("tests", ["-m", "gpu", "tests"], logs, min(left(), 150 if gpu else 600),
                          logs / "tests.junit.xml"))
     if gpu:
         for name, (file, selection) in BENCH_CASES.items():
