@@ -21,7 +21,7 @@ heads of one `diff_attention` call (`experts_as_heads`, the model's code) agains
   and autograd layers, then the op's Triton launcher function and Triton's launch path on the host), with
   `offline_triton.offline_launches`: a stand-in sm_90 driver (132 multiprocessors, as an H100) whose final
   driver call only counts the launch, so no kernel runs. The model keeps the paper's 577 tokens (the key split
-  of decode calls depends on it) at 16 features, one thread, batch 1 (at batch 64 the other ops' CPU
+  of decode calls depends on it) at 4 features, one thread, batch 1 (at batch 64 the other ops' CPU
   arithmetic would dominate): the time is host work, the residual arithmetic counted in both variants alike.
 - CUDA: the time to enqueue the stage on the real model and shapes (Triton's launcher included), with the GPU
   drained before each round and not waited for inside it, so kernel run time is excluded.
