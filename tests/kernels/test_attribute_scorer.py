@@ -306,19 +306,23 @@ needs_cuda_kernel = pytest.mark.skipif(
 @pytest.mark.parametrize("shape", [(1, 1, 512), (257, 125, 512), (64, 1000, 768), (5, 40000, 64)])
 def test_gpu_cuda_kernel_matches_reference(shape, normalize: bool, dtype: torch.dtype) -> None:
     """The CUDA kernel (shared-memory group sums, and the dense path for many groups) against the float64
-    reference on the same inputs."""
+    reference on the same inputs, within twice the error of the reference itself run in the same dtype on the
+    GPU (the rounding that dtype's dot products of this length and scale incur)."""
     batch, num_attr, dim = shape
     inputs = make_inputs(batch, num_attr, dim, dtype=dtype)
     if num_attr == 40000:  # more groups than shared memory holds: the kernel's dense GEMM path
         inputs.update(group_index=torch.randperm(num_attr) % 20000, num_groups=20000)
-    ref = attribute_scores_reference(**{k: v.double() if isinstance(v, torch.Tensor) and v.is_floating_point() else v
-                                        for k, v in inputs.items()}, normalize=normalize)
+    as_double = {k: v.double() if isinstance(v, torch.Tensor) and v.is_floating_point() else v
+                 for k, v in inputs.items()}
+    exact = attribute_scores_reference(**as_double, normalize=normalize)
     on_gpu = {k: v.cuda() if isinstance(v, torch.Tensor) else v for k, v in inputs.items()}
-    attr, dist = attribute_scores(**on_gpu, normalize=normalize)
-    assert attr.is_cuda and attr.dtype == dtype
-    atol = {torch.float64: 1e-12, torch.float32: 2e-5, torch.bfloat16: 1e-2}[dtype]
-    torch.testing.assert_close(attr.double().cpu(), ref[0], rtol=0, atol=atol)
-    torch.testing.assert_close(dist.double().cpu(), ref[1], rtol=0, atol=atol)
+    same_dtype = attribute_scores_reference(**on_gpu, normalize=normalize)
+    out = attribute_scores(**on_gpu, normalize=normalize)
+    floor = {torch.float64: 1e-12, torch.float32: 1e-6, torch.bfloat16: 1e-3}[dtype]
+    for got, ref, ref_same in zip(out, exact, same_dtype):
+        assert got.is_cuda and got.dtype == dtype and torch.isfinite(got).all()
+        tol = 2 * (ref_same.double().cpu() - ref).abs().max().item() + floor
+        torch.testing.assert_close(got.double().cpu(), ref, rtol=0, atol=tol)
 
 
 @pytest.mark.gpu
