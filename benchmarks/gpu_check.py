@@ -68,7 +68,8 @@ def _run(name: str, cmd: list[str], logs: Path, timeout_s: float, env: dict | No
     tail = log.read_text(errors="replace").splitlines()[-15:]
     print("\n".join("    " + line for line in tail), flush=True)
     _log(f"{name}: exit {rc} after {seconds} s")
-    return {"step": name, "exit": rc, "seconds": seconds, "log": str(log.relative_to(REPO))}
+    shown = log.relative_to(REPO) if log.is_relative_to(REPO) else log
+    return {"step": name, "exit": rc, "seconds": seconds, "log": str(shown)}
 
 
 def _missing(*modules: str) -> list[str]:
