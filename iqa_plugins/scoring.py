@@ -131,10 +131,9 @@ def _group_by_size(items) -> Iterator[tuple[list[int], list]]:
 
 
 def _explanation_columns(explanation: dict) -> dict[str, Any]:
-    per = explanation.get("per_distortion")
-    if not isinstance(per, dict):
-        raise TypeError("explain() must return a dict with a 'per_distortion' dict of (B,) tensors")
-    return per
+    from iqa_plugins.explanations import explanation_columns
+
+    return explanation_columns(explanation)
 
 
 def score_files(
