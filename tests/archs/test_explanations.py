@@ -129,3 +129,13 @@ def test_score_scale_of_any_pyiqa_metric_falls_back_to_the_registry(drexperts):
         "score_range": None, "lower_better": True, "meaning": "pyiqa's registered range for pi: ~0, ~"}
     assert score_scale(Metric("topiq_nr", torch.nn.Identity(), False))["score_range"] == [0.0, 1.0]
     assert score_scale(Metric("drexperts", drexperts, False)) == drexperts.score_scale()
+
+
+def test_registered_ranges_parse_and_hold_for_the_default_weights():
+    from iqa_plugins.archs.drexperts_convert import DATASET_PROTOCOLS
+    from iqa_plugins.registration import METRICS
+
+    # drexperts' default weights are KonIQ-10k's; ExIQA's sigmoid scores lie in (0, 1) whatever the weights
+    assert parse_score_range(METRICS["drexperts"]["score_range"]) == DATASET_PROTOCOLS["koniq10k"]["mos_range"]
+    assert parse_score_range(METRICS["exiqa"]["score_range"]) == [0.0, 1.0]
+    assert not METRICS["drexperts"]["lower_better"] and not METRICS["exiqa"]["lower_better"]
