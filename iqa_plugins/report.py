@@ -27,7 +27,8 @@ from typing import Any
 
 from iqa_plugins.explanations import ABSENT_THRESHOLD
 
-__all__ = ["ScoreFile", "read_score_file", "render_report", "add_arguments", "main"]
+__all__ = ["ScoreFile", "explanation_groups", "present_distortions", "read_score_file", "render_report",
+           "add_arguments", "main"]
 
 # Explanation groups drawn as bars, and when a distortion counts as present in an image (for the filter).
 PRESENT_RULES = {
@@ -101,7 +102,7 @@ def read_score_file(path: str | Path) -> ScoreFile:
     return ScoreFile(path, rows, metrics, errors)
 
 
-def _explanations(row: dict[str, Any], metric: str, only_metric: bool) -> dict[str, dict[str, float]]:
+def explanation_groups(row: dict[str, Any], metric: str, only_metric: bool) -> dict[str, dict[str, float]]:
     """{group: {name: value}} of one metric's explanation columns in a row."""
     groups: dict[str, dict[str, float]] = {}
     for column, value in row.items():
@@ -118,7 +119,7 @@ def _explanations(row: dict[str, Any], metric: str, only_metric: bool) -> dict[s
     return groups
 
 
-def _present(groups: dict[str, dict[str, float]]) -> list[tuple[str, float, str]]:
+def present_distortions(groups: dict[str, dict[str, float]]) -> list[tuple[str, float, str]]:
     """(distortion, value, group) judged present, largest first."""
     found = []
     if "p" in groups:
@@ -249,7 +250,7 @@ def render_report(scores: ScoreFile, thumb_size: int = 160) -> str:
                 cells.append(f'<td class="num score"><div class="bar"><span class="track"><span class="fill" '
                              f'style="width:{max(0.0, min(1.0, fraction)) * 100:.1f}%"></span></span>{value:.4g}</div></td>')
             data[f"m{i}"] = "NaN" if value is None else repr(value)
-            present = _present(_explanations(row, metric, only_metric))
+            present = present_distortions(explanation_groups(row, metric, only_metric))
             present_here += [n for n, _, _ in present]
             cells.append("<td>" + ("".join(_bar(n, v, g) for n, v, g in present[:4]) or
                                    '<span class="missing">none present</span>') + "</td>")
