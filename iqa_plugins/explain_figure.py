@@ -67,11 +67,13 @@ def _drexperts_axes(fig, image: np.ndarray, explanation: dict[str, Any], index: 
     extent = (0, image.shape[1], image.shape[0], 0)
     for rank, expert in enumerate(top):
         ax = fig.add_subplot(grid[0, rank + 1])
-        ax.imshow(image, extent=extent)
+        # The photo in grey underneath, so that the heat map's colours read as attention, not as the photo's.
+        ax.imshow(image.mean(axis=2), extent=extent, cmap="gray", vmin=0, vmax=1)
         heat = attention_heatmap(explanation, index, rank)
-        overlay = ax.imshow(heat, extent=extent, cmap="inferno", alpha=0.6, interpolation="nearest")
+        overlay = ax.imshow(heat, extent=extent, cmap="inferno", alpha=0.65, interpolation="nearest")
         overlay.set_gid(f"attention:{names[expert]}")
-        ax.set_title(f"expert '{names[expert]}' (share {shares[expert]:.3f})\nwhere it attends", fontsize=9)
+        ax.set_title(f"expert '{names[expert]}' (share {shares[expert]:.3f})\nwhere it attends (blank: no crop)",
+                     fontsize=9)
         ax.set_axis_off()
         fig.colorbar(overlay, ax=ax, fraction=0.046, pad=0.02)
     ax = fig.add_subplot(grid[1, :])
@@ -86,7 +88,8 @@ def _drexperts_axes(fig, image: np.ndarray, explanation: dict[str, Any], index: 
     ax.set_title(f"expert shares (raw weights above the bars; their sum {float(explanation['weight_sum'][index]):.3g} "
                  "scales the feature that is scored)", fontsize=9)
     ax.tick_params(axis="x", labelrotation=30, labelsize=8)
-    ax.legend(fontsize=8, loc="lower left", bbox_to_anchor=(1.0, 0.0))
+    ax.set_ylim(min(0.0, float(shares.min()) * 1.2), float(shares.max()) * 1.25)  # room for the labels and legend
+    ax.legend(fontsize=8, loc="upper right")
 
 
 def _exiqa_axes(fig, image: np.ndarray, explanation: dict[str, Any], index: int, attributes: int) -> None:
