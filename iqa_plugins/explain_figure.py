@@ -170,16 +170,28 @@ def _png_names(paths: list[str]) -> list[str]:
     return names
 
 
+def _metric_options(items: list[str]) -> dict[str, Any]:
+    """``KEY=VALUE`` items (YAML values) as create_metric keywords, as ``iqa-plugins score`` reads them."""
+    import yaml
+
+    options = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ValueError(f"--metric-opt expects KEY=VALUE, got {item!r}")
+        options[key.strip()] = yaml.safe_load(value)
+    return options
+
+
 def main(args: argparse.Namespace) -> int:
     from iqa_plugins.io import ImageReadError, read_image
-    from iqa_plugins.score_command import _parse_metric_opts
     from iqa_plugins.scoring import collect_images
 
     if args.top_k < 1:
         print(f"iqa-plugins explain: --top-k must be >= 1, got {args.top_k}", file=sys.stderr)
         return 2
     try:
-        options = _parse_metric_opts(args.metric_opt)
+        options = _metric_options(args.metric_opt)
     except ValueError as error:
         print(f"iqa-plugins explain: {error}", file=sys.stderr)
         return 2

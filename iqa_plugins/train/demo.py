@@ -68,7 +68,7 @@ EXIQA_CONFIG = {
                        "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 64, "heads": 2, "layers": 2}},
 }
 EXIQA_BATCH = 64
-# Phase 2 (the quality regressor) length, cross-validated over the training photos (see train_exiqa).
+# Phase 2 (the quality regressor) length, cross-validated over the training photos (see _ExIQATrainer.train).
 REGRESSOR_EPOCHS = 5
 TARGET_SRCC = 0.7  # the demo's goal for the held-out SRCC of both models
 SEED = 123  # training seed of both models for the README's demo figures (the data have their own seeds)

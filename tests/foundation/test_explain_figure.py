@@ -145,3 +145,19 @@ def test_explain_command_writes_one_png_per_image_and_skips_bad_files(fresh, con
     assert "broken.png" in result.stderr
     assert sorted(p.name for p in out.iterdir()) == ["a.png", "a_2.png"]
     assert result.stdout.count("score ") == 2
+
+
+@pytest.mark.parametrize(("extra", "message"), [
+    (["--top-k", "0"], "--top-k must be >= 1"),
+    (["--metric-opt", "no_value"], "--metric-opt expects KEY=VALUE"),
+])
+def test_explain_command_names_bad_arguments(tmp_path, capsys, extra, message):
+    import argparse
+
+    from iqa_plugins import explain_figure
+
+    parser = argparse.ArgumentParser()
+    explain_figure.add_arguments(parser)
+    args = parser.parse_args([str(tmp_path), "--metric", "exiqa", "-o", str(tmp_path / "out"), *extra])
+    assert explain_figure.main(args) == 2
+    assert message in capsys.readouterr().err
