@@ -232,7 +232,7 @@ class _ExIQATrainer:
         strengths = phases.StrengthsDataset(data, self.model.attribute_set.distortion_slugs, image_size=CROP,
                                             random_crops=True, repeats=ENLARGE)
         self.loader = DataLoader(strengths, batch_size=batch, shuffle=True)
-        self.progress = {"step": 0, "loss": float("nan"), "planned": 0}
+        self.progress = {"stage": "phase 1", "step": 0, "loss": float("nan"), "planned": 0}
 
     def _phase1(self, model: Any, loader: Any, epochs: int, max_seconds: float | None, on_step: Any) -> dict:
         from iqa_plugins.train import exiqa_phases as phases
@@ -272,6 +272,7 @@ class _ExIQATrainer:
         self.progress["planned"] = epochs * len(self.loader)
         history = self._phase1(self.model, self.loader, epochs, max_seconds,
                                lambda step, loss: self.progress.update(step=step, loss=loss))
+        self.progress["stage"] = "regressor"
         # Phase 2 scores whole photos under the crops protocol (the demo's photos share one size, so they batch).
         # Its length was cross-validated over the training photos (5 folds by photo, on seed-0 phase-1 features;
         # mean SRCC): 0.60 after 5 epochs at 1e-3, 0.59 after 10, 0.56 after 20 and 0.49 after 50; 3e-4 peaked at
@@ -357,8 +358,12 @@ def train_both(data: Path, out: Path, budget: float, batch: int, seed: int, verb
 
 def _report_progress(done: Any, start: float, budget: float, exiqa: dict, drexperts_steps: int) -> None:
     while not done.wait(30):
-        print(f"  [{time.time() - start:4.0f}s of {budget:.0f}s] ExIQA phase-1 step {exiqa['step']}/{exiqa['planned']}"
-              f" (loss {exiqa['loss']:.3f}); DR.Experts: {drexperts_steps} steps in the other process", flush=True)
+        if exiqa["stage"] == "phase 1":
+            doing = f"ExIQA phase-1 step {exiqa['step']}/{exiqa['planned']} (loss {exiqa['loss']:.3f})"
+        else:
+            doing = f"ExIQA quality regressor (after {exiqa['step']} phase-1 steps)"
+        print(f"  [{time.time() - start:4.0f}s of {budget:.0f}s] {doing}; DR.Experts: {drexperts_steps} steps planned "
+              "in the other process", flush=True)
 
 
 def _run(command: list[str], env: dict[str, str]) -> subprocess.CompletedProcess:
