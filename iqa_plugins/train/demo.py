@@ -154,7 +154,7 @@ def _correlations(pred: list[float], true: list[float]) -> dict[str, float]:
             "n": len(pred)}
 
 
-def drexperts_options(data: Path, steps: int, batch: int, seed: int = SEED,
+def drexperts_options(data: Path, train_images: int, steps: int, batch: int, seed: int = SEED,
                       max_seconds: float | None = None) -> dict[str, Any]:
     """The DR.Experts recipe (RecipeIQAModel, AdamW + per-iteration warm-up/step schedule, SmoothL1, clipping,
     flips + random crops, several crops per image) for a small model on 32 px crops trained from scratch for
@@ -168,8 +168,7 @@ def drexperts_options(data: Path, steps: int, batch: int, seed: int = SEED,
     dataset = {"name": "demo", "type": "GeneralNRDataset", "dataroot_target": str(data / "images"),
                "meta_info_file": str(data / "meta_info.csv"), "mos_normalize": False, "mos_range": SCORE_RANGE,
                "num_worker_per_gpu": 0}
-    images = len(_read_labels(data))
-    iters_per_epoch = max(1, images * ENLARGE // batch)
+    iters_per_epoch = max(1, train_images * ENLARGE // batch)
     train = {
         "optim": {"type": "AdamW", "lr": 2e-3, "betas": [0.9, 0.999], "weight_decay": 0.05},
         "scheduler": {"type": "WarmupStepLR", "warmup_epochs": 0.5, "warmup_lr": 1e-5,
@@ -198,7 +197,7 @@ def train_drexperts(data: Path, root: Path, steps: int, batch: int, seed: int, m
     from iqa_plugins.train.runner import run_training
 
     start = time.time()
-    opt = finalize_options(drexperts_options(data, steps, batch, seed, max_seconds), root)
+    opt = finalize_options(drexperts_options(data, len(_read_labels(data)), steps, batch, seed, max_seconds), root)
     result = run_training(opt, log_level=logging.INFO if verbose else logging.WARNING)
     weights = result.compact_checkpoint
     if weights is not None:

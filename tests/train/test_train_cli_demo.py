@@ -20,7 +20,7 @@ from iqa_plugins.train import demo
 def _small_drexperts_options(images: Path, meta: Path) -> dict:
     from iqa_plugins.train.demo import drexperts_options
 
-    opt = drexperts_options(images.parent, images.parent, epochs=1, batch=4)
+    opt = drexperts_options(images.parent, train_images=12, steps=3, batch=4)
     for dataset in opt["datasets"].values():
         dataset.update(dataroot_target=str(images), meta_info_file=str(meta))
     opt["datasets"]["train"]["augment"]["random_crop"] = 32  # the tiny set's images are 32 px
@@ -77,10 +77,7 @@ def test_demo_seed_and_time_budget_options(tmp_path, capsys):
     defaults = parser.parse_args([])
     assert defaults.seed == 123 and defaults.train_seconds == demo.TRAIN_SECONDS  # the README's demo settings
     seed = parser.parse_args(["--seed", "7"]).seed
-    data = tmp_path / "data"
-    data.mkdir()
-    (data / "meta_info.csv").write_text("dist_name,mos\n" + "".join(f"{i}.png,0.5\n" for i in range(64)))
-    opt = demo.drexperts_options(data, steps=200, batch=32, seed=seed, max_seconds=30)
+    opt = demo.drexperts_options(tmp_path, train_images=64, steps=200, batch=32, seed=seed, max_seconds=30)
     assert opt["manual_seed"] == 7 and opt["train"]["total_iter"] == 200 and opt["train"]["max_seconds"] == 30
     # 64 images x 10 crops / 32 = 20 iterations per epoch; the rate drops after 91% of the 200 steps
     assert round(opt["train"]["scheduler"]["decay_epochs"] * 20) == 182
