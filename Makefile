@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.iqa-plugins-installed
 TORCH_PINS := torch==2.14.1 torchvision==0.29.1
 BENCH_MODE ?= full
 
-.PHONY: setup build test test-fast demo bench bench-quick clean gpu-check gpu-bundle
+.PHONY: setup build browser test test-fast demo bench bench-quick clean gpu-check gpu-bundle
 
 setup: $(STAMP)
 
@@ -24,8 +24,20 @@ $(STAMP): pyproject.toml setup.py $(wildcard kernels/attribute_scorer/csrc/*)
 build: setup
 	$(PY) setup.py --quiet build_ext --inplace
 
+# Debian's chromium and chromedriver for the report page's browser test (no browser download: the system
+# packages). Installed when missing and possible (root or password-less sudo with apt-get); otherwise that one
+# test skips and says why.
+browser:
+	@if command -v chromium >/dev/null && command -v chromedriver >/dev/null; then :; \
+	elif ! command -v apt-get >/dev/null; then echo "browser test will be skipped: no apt-get to install chromium"; \
+	elif [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+	    --no-install-recommends chromium chromium-driver; \
+	elif sudo -n true 2>/dev/null; then sudo -n apt-get update -qq && sudo -n env DEBIAN_FRONTEND=noninteractive \
+	    apt-get install -y -qq --no-install-recommends chromium chromium-driver; \
+	else echo "browser test will be skipped: installing chromium needs root (sudo apt-get install chromium chromium-driver)"; fi
+
 # IQA_PLUGINS_REQUIRE_EXT: a missing compiled scorer fails the tests instead of skipping them.
-test: setup
+test: setup browser
 	IQA_PLUGINS_REQUIRE_EXT=1 $(PY) -m pytest
 
 test-fast: setup

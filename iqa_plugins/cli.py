@@ -23,6 +23,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "convert": ("iqa_plugins.archs.drexperts_convert", "convert official DR.Experts/DA-CLIP checkpoints"),
     "train": ("iqa_plugins.train.cli", "train DR.Experts or ExIQA (pyiqa's training framework)"),
     "demo": ("iqa_plugins.train.demo", "offline end-to-end demo: generate, label, train, score"),
+    "explain": ("iqa_plugins.explain_figure", "one PNG per image: score, expert attention, distortion bars"),
+    "report": ("iqa_plugins.report", "one self-contained HTML page over a score file"),
 }
 
 

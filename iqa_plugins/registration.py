@@ -20,14 +20,15 @@ METRICS: dict[str, dict] = {
         "metric_opts": {"type": "DRExperts", "path": "fast"},
         "metric_mode": "NR",
         "lower_better": False,
-        # The default checkpoint is KonIQ-10k's (MOS_zscore, 0-100); others store their own range.
-        "score_range": "~0, ~100 (KonIQ-10k MOS scale; per checkpoint's mos_range)",
+        # pyiqa's "lo, hi" form, true for the default weights (KonIQ-10k, MOS 0-100). Other weights state their
+        # own range in their protocol; score files take it from the loaded model (explanations.score_scale).
+        "score_range": "~0, ~100",
     },
     "exiqa": {
         "metric_opts": {"type": "ExIQA"},
         "metric_mode": "NR",
         "lower_better": False,
-        "score_range": "0, 1",
+        "score_range": "0, 1",  # a sigmoid: the training MOS normalised to [0, 1], whatever the weights
     },
 }
 

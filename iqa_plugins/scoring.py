@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 
+from iqa_plugins.explanations import explanation_columns, score_scale
 from iqa_plugins.io import DEFAULT_MIN_SIDE, ImageReadError, is_image_path, read_image
 from iqa_plugins.scoring_output import MetricSpec, normalise_path
 
@@ -81,18 +82,9 @@ def load_metric(name: str, options: dict[str, Any], device: str, *, explain: boo
     if explain and not has_explanations(model):
         raise MetricLoadError(f"--explain: metric {name!r} has no explanations (only metrics whose arch has "
                               "explain(), e.g. drexperts and exiqa)")
-    spec = MetricSpec(name, options, explain, _score_range(model.score_range), bool(model.lower_better))
+    scale = score_scale(model, name)  # the loaded weights' own scale where the arch knows it
+    spec = MetricSpec(name, options, explain, scale["score_range"], bool(scale["lower_better"]))
     return LoadedMetric(spec, model)
-
-
-def _score_range(text: Any) -> list[float] | None:
-    """pyiqa's ``score_range`` ("0, 100", "~0, ~1 (note)") as [lo, hi]; None when it gives no two numbers."""
-    parts = str(text).split("(")[0].replace("~", "").split(",")
-    try:
-        low, high = (float(p) for p in parts)
-    except ValueError:
-        return None
-    return [low, high]
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -222,19 +214,12 @@ def _group_by_size(items) -> Iterator[tuple[list[int], list]]:
 # scoring
 
 
-def _explanation_columns(explanation: dict) -> dict[str, Any]:
-    per = explanation.get("per_distortion")
-    if not isinstance(per, dict):
-        raise TypeError("explain() must return a dict with a 'per_distortion' dict of (B,) tensors")
-    return per
-
-
 def _metric_columns(metric: LoadedMetric, batch) -> dict[str, list[float]]:
     """Score column and explanation columns of one metric for a batch, as Python floats per image."""
     if metric.spec.explain:
         explanation = metric.model.net.explain(batch)
         scores = explanation["score"]
-        extra = {f"{metric.name}:{k}": v for k, v in _explanation_columns(explanation).items()}
+        extra = {f"{metric.name}:{k}": v for k, v in explanation_columns(explanation).items()}
     else:
         scores, extra = metric.model(batch), {}
     n = batch.shape[0]

@@ -1,7 +1,8 @@
 """Finding, downloading, verifying and safely loading model checkpoints.
 
 Resolution order for a model's weights:
-1. an explicit path given by the caller (always works offline);
+1. an explicit path given by the caller (always works offline); a bare file name that is not in the current
+   folder is looked up in the cache too;
 2. the file in pyiqa's cache directory (``torch.hub.get_dir()/pyiqa``, honours ``TORCH_HOME``);
 3. a download from the spec's URL, verified against its SHA-256 before it is moved into place.
 
@@ -106,9 +107,15 @@ def resolve_weights(
         explicit = Path(path).expanduser()
         if explicit.is_dir():
             raise FileNotFoundError(f"pretrained_model_path={str(path)!r} is a folder, not a checkpoint file.")
-        if not explicit.is_file():
-            raise FileNotFoundError(f"pretrained_model_path={str(path)!r}: no such file.")
-        return explicit
+        if explicit.is_file():
+            return explicit
+        if explicit.name == str(path):  # a bare file name: also look in the cache, where downloads go
+            cached = cache_dir() / explicit.name
+            if cached.is_file():
+                return cached
+            raise FileNotFoundError(f"pretrained_model_path={str(path)!r}: no such file in the current folder "
+                                    f"({Path.cwd()}) nor in the pyiqa cache ({cache_dir()}; set TORCH_HOME to move it).")
+        raise FileNotFoundError(f"pretrained_model_path={str(path)!r}: no such file (looked only at that path).")
 
     cached = cache_dir() / spec.filename
     if cached.is_file():

@@ -454,39 +454,66 @@ class DRExperts(nn.Module):
     # ------------------------------------------------------------------------------------------------------
     # explanations
 
+    def score_scale(self) -> dict[str, Any]:
+        """Scale of the loaded weights' scores (``iqa_plugins.explanations``): the MOS range of their training
+        data, as the checkpoint's protocol states it (None when it does not, e.g. random weights)."""
+        mos_range = self.protocol.get("mos_range")
+        dataset = self.protocol.get("dataset")
+        meaning = self.protocol.get("score_meaning") or (
+            f"predicted mean opinion score on the {dataset} scale" if dataset else "predicted quality (scale unknown)")
+        return {"score_range": None if mos_range is None else [float(v) for v in mos_range],
+                "lower_better": bool(self.protocol.get("lower_better", False)), "meaning": meaning}
+
     @torch.no_grad()
     def explain(self, x: Tensor, top_k: int = 3) -> dict[str, Any]:
-        """Score and its explanation under the forward's protocol.
+        """Score and its explanation under the forward's protocol (keys shared with ExIQA: see
+        ``iqa_plugins.explanations``).
 
-        Returns: "score" (B,); "per_distortion": {prompt word: (B,)} the experts' DDWM weights on the CLS
-        token, averaged over crops (unnormalised, as the model uses them); "expert_weights" (B, 10);
-        "top_experts": (B, top_k) indices of the largest weights; "top_expert_names": their words;
-        "attention_maps": (B, top_k, g, g) the top experts' refined CLS attention (softmax1 - alpha softmax2)
-        over the backbone's patch grid, on the first crop; "attention_cls" (B, top_k) its weight on token 0
-        (the expert token); "attention_crop": (top, left, size) of that crop in the resized image.
+        DR.Experts scores ``score_head(weight_sum * CLS)``: each expert's DDWM weight on the CLS token scales the
+        same backbone feature, so an expert's part in the score is its share of the summed weights.
+
+        Returns, besides the shared keys (``score``, ``scale``, ``distortion_names`` = the ten expert words,
+        ``per_distortion`` = shares, ``top_indices``, ``top_distortions`` = (word, share)):
+        "expert_weights" (B, 10) the raw DDWM weights on the CLS token, averaged over crops; "weight_sum" (B,)
+        their sum; "expert_shares" (B, 10) weights / weight_sum (each row sums to 1; 0.1 each is an even split;
+        a negative weight gives a negative share); "attention_maps" (B, C, top_k, g, g) the top experts'
+        refined CLS attention (softmax1 - alpha softmax2) over the backbone's patch grid in each of the C crops;
+        "attention_cls" (B, C, top_k) its weight on token 0 (the expert token); "attention_crops" the C crops'
+        (top, left, size) in the resized image; "attention_image_size" (height, width) of that resized image,
+        which spans the whole input.
         """
         image, offsets = self._prepared(x)
-        scores, weights, first = [], [], None
+        scores, weights, maps = [], [], []
         for offset in offsets:
-            out = self._fast(self._crop(image, offset), details=first is None)
-            first = out if first is None else first
+            out = self._fast(self._crop(image, offset), details=True)
             scores.append(out["score"])
             weights.append(out["weights"])
+            maps.append(out["attention"])
         score = torch.stack(scores, 1).mean(1)
         mean_weights = torch.stack(weights, 1).mean(1)
-        top_k = min(top_k, mean_weights.shape[1])
-        top = mean_weights.topk(top_k, dim=1).indices
-        attention = first["attention"].gather(1, top[..., None].expand(-1, -1, first["attention"].shape[-1]))
+        weight_sum = mean_weights.sum(1)
+        shares = mean_weights / weight_sum[:, None]
+        top_k = max(1, min(int(top_k), shares.shape[1]))
+        top = shares.topk(top_k, dim=1).indices
+        attention = torch.stack(maps, 1)  # (B, C, E, 1 + g*g)
+        attention = attention.gather(2, top[:, None, :, None].expand(-1, attention.shape[1], -1, attention.shape[-1]))
         gh, gw = self.backbone.patch_embed.grid_size
+        names = list(DISTORTION_PROMPTS)
+        size = self.arch_config["img_size"]
         return {
             "score": score,
-            "per_distortion": {name: mean_weights[:, i] for i, name in enumerate(DISTORTION_PROMPTS)},
+            "scale": self.score_scale(),
+            "distortion_names": names,
+            "per_distortion": {name: shares[:, i] for i, name in enumerate(names)},
+            "top_indices": top,
+            "top_distortions": [[(names[j], float(shares[b, j])) for j in row] for b, row in enumerate(top.tolist())],
             "expert_weights": mean_weights,
-            "top_experts": top,
-            "top_expert_names": [[DISTORTION_PROMPTS[j] for j in row] for row in top.tolist()],
-            "attention_maps": attention[..., 1:].reshape(*top.shape, gh, gw),
+            "weight_sum": weight_sum,
+            "expert_shares": shares,
+            "attention_maps": attention[..., 1:].reshape(*attention.shape[:3], gh, gw),
             "attention_cls": attention[..., 0],
-            "attention_crop": (*offsets[0], self.arch_config["img_size"]),
+            "attention_crops": [(top_, left, size) for top_, left in offsets],
+            "attention_image_size": tuple(image.shape[-2:]),
         }
 
 

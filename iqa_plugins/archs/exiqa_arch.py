@@ -378,7 +378,7 @@ class ExIQA(nn.Module):
             the download) or to override a checkpoint's record; None: random CLIP (with pretrained=False).
         clip_weights_path: a local CLIP checkpoint (open_clip or OpenAI file) used instead of a download.
         attributes_path: attribute file for a model without checkpoint (default: the project's 125 attributes).
-        topk: number of top distortions ``explain`` lists.
+        top_k: default number of top distortions and attributes ``explain`` lists.
     """
 
     def __init__(
@@ -391,7 +391,7 @@ class ExIQA(nn.Module):
         clip_pretrained: str | None = None,
         clip_weights_path: str | None = None,
         attributes_path: str | None = None,
-        topk: int = 3,
+        top_k: int = 3,
     ) -> None:
         super().__init__()
         checkpoint = None
@@ -421,7 +421,8 @@ class ExIQA(nn.Module):
             attribute_set = load_attribute_set(attributes_path or ATTRIBUTES_FILE)
         self.config = cfg
         self.attribute_set = attribute_set
-        self.topk = int(topk)
+        self.top_k = int(top_k)
+        self.metadata: dict[str, Any] = dict(checkpoint.get("metadata") or {}) if compact else {}
 
         # CLIP: explicit weights win; else a compact checkpoint's own copy or the pretrained weights it names;
         # pyiqa's {"params"} holds the whole CLIP, so a random one is built and overwritten.
@@ -608,34 +609,58 @@ class ExIQA(nn.Module):
         total = logits.new_zeros(self._num_distortions).index_add(0, self.group_index, expd)
         return expd / total[self.group_index]
 
-    def explain(self, x: torch.Tensor, topk: int | None = None) -> dict[str, Any]:
-        """Score and its explanation, under the forward protocol (wrap in ``torch.no_grad()`` for inference).
+    def score_scale(self) -> dict[str, Any]:
+        """Scale of the scores (``iqa_plugins.explanations``): the regressor's sigmoid gives (0, 1), the training
+        MOS normalised to [0, 1]; a checkpoint may say what its training labels were ("score_meaning" in its
+        metadata)."""
+        meaning = self.metadata.get("score_meaning") or "predicted quality: the training MOS normalised to [0, 1]"
+        return {"score_range": [0.0, 1.0], "lower_better": False, "meaning": str(meaning)}
 
-        Returns a dict: ``score`` (N,), ``attribute_probs`` (N, 125), ``distortion_probs`` (N, 25),
-        ``attribute_weights`` (125,), ``attribute_names``, ``distortion_names``, ``topk_indices`` and
-        ``topk_probs`` (N, k), ``top_distortions`` (per image a list of (name, probability), most likely
-        first) and ``per_distortion`` {distortion name: (N,) probability}.
+    def explain(self, x: torch.Tensor, top_k: int | None = None) -> dict[str, Any]:
+        """Score and its explanation under the forward protocol (keys shared with DR.Experts: see
+        ``iqa_plugins.explanations``; wrap in ``torch.no_grad()`` for inference).
+
+        Returns, besides the shared keys (``score``, ``scale``, ``distortion_names`` = the 25 distortions,
+        ``per_distortion`` = P(d|I), ``top_indices``, ``top_distortions`` = (name, P(d|I)) for at most
+        ``top_k`` distortions with P(d|I) >= ``absent_threshold``, so none for an image judged clean):
+        "distortion_probs" (N, 25) P(d|I) (Eq. 7, the predicted strength of each distortion); "attribute_probs"
+        (N, 125) P(a|I) (Eq. 6), the regressor's inputs (Eq. 9); "attribute_names" their phrases;
+        "attribute_distortions" each attribute's distortion (index into distortion_names);
+        "attribute_weights" (125,) w_ad, each distortion's convex weights over its attributes; "top_attributes"
+        per image a list of (phrase, distortion name, P(a|I)), most likely first, at most ``top_k``, absent
+        ones (below the threshold) left out; "absent_threshold" 0.1 (Eq. 10: strengths below 0.1 are level 0).
         """
+        from iqa_plugins.explanations import ABSENT_THRESHOLD
+
         attr, dist = self.attribute_outputs(x)
         score = self.score_from_attributes(attr).squeeze(1)
-        k = min(self.topk if topk is None else int(topk), dist.shape[1])
-        top_probs, top_idx = dist.topk(k, dim=1)
+        k = max(1, min(self.top_k if top_k is None else int(top_k), dist.shape[1]))
+        top_idx = dist.topk(k, dim=1).indices
         names = self.distortion_names
-        top = [
-            [(names[i], float(p)) for i, p in zip(row_idx.tolist(), row_p.tolist())]
-            for row_idx, row_p in zip(top_idx, top_probs.detach())
-        ]
+        attr_names = self.attribute_names
+        groups = self.attribute_set.group_index
+        dist_rows, attr_rows = dist.detach().float().tolist(), attr.detach().float().tolist()
+        top_attr_idx = attr.topk(min(k, attr.shape[1]), dim=1).indices.tolist()
         return {
             "score": score,
-            "attribute_probs": attr,
-            "distortion_probs": dist,
-            "attribute_weights": self.attribute_weights(),
-            "attribute_names": self.attribute_names,
+            "scale": self.score_scale(),
             "distortion_names": names,
-            "topk_indices": top_idx,
-            "topk_probs": top_probs,
-            "top_distortions": top,
             "per_distortion": {name: dist[:, g] for g, name in enumerate(names)},
+            "top_indices": top_idx,
+            "top_distortions": [
+                [(names[i], row[i]) for i in idx if row[i] >= ABSENT_THRESHOLD]
+                for idx, row in zip(top_idx.tolist(), dist_rows)
+            ],
+            "distortion_probs": dist,
+            "attribute_probs": attr,
+            "attribute_names": attr_names,
+            "attribute_distortions": list(groups),
+            "attribute_weights": self.attribute_weights(),
+            "top_attributes": [
+                [(attr_names[i], names[groups[i]], row[i]) for i in idx if row[i] >= ABSENT_THRESHOLD]
+                for idx, row in zip(top_attr_idx, attr_rows)
+            ],
+            "absent_threshold": ABSENT_THRESHOLD,
         }
 
     # ------------------------------------------------------------------------------------------- training

@@ -20,6 +20,7 @@ from __future__ import annotations
 import csv
 import math
 import os
+import time
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -211,6 +212,7 @@ def train_phase1(
     train_text: bool = True,
     device: str | torch.device | None = None,
     on_step: Callable[[int, float], None] | None = None,
+    max_seconds: float | None = None,
 ) -> dict[str, Any]:
     """Phase 1: learn to identify distortions (Eq. 8 BCE) with a cosine schedule and linear warm-up.
 
@@ -225,9 +227,11 @@ def train_phase1(
         weight_decay: AdamW weight decay (0 = Adam).
         device: where to train (default: the model's device).
         on_step: called as ``on_step(step, loss)`` after every optimiser step.
+        max_seconds: stop after this much wall time even if ``epochs`` are not done (time budgets).
 
     Returns:
-        {"mode", "epochs", "steps", "lr", "epoch_loss": [mean loss per epoch], "step_loss": [loss per step]}.
+        {"mode", "epochs", "steps", "lr", "epoch_loss": [mean loss per epoch], "step_loss": [loss per step],
+        "seconds": wall time of the loop}.
     """
     if mode not in PHASE1_LR:
         raise ValueError(f"mode must be one of {sorted(PHASE1_LR)}, got {mode!r}")
@@ -257,8 +261,12 @@ def train_phase1(
 
     model.train()
     epoch_loss, step_loss = [], []
+    start = time.time()
+    out_of_time = False
     try:
         for _ in range(epochs):
+            if out_of_time:
+                break
             losses = []
             for batch in loader:
                 images, strengths = _unpack(batch, ("strengths", "label"))
@@ -273,6 +281,9 @@ def train_phase1(
                 step_loss.append(losses[-1])
                 if on_step is not None:
                     on_step(len(step_loss), losses[-1])
+                out_of_time = max_seconds is not None and time.time() - start >= max_seconds
+                if out_of_time:
+                    break
             epoch_loss.append(float(np.mean(losses)) if losses else float("nan"))
     finally:
         for p in model.parameters():
@@ -283,7 +294,7 @@ def train_phase1(
         if mode == "full":
             model.refresh_text_features()  # CLIP changed: the cached features must follow
     return {"mode": mode, "epochs": epochs, "steps": len(step_loss), "lr": lr, "epoch_loss": epoch_loss,
-            "step_loss": step_loss}
+            "step_loss": step_loss, "seconds": round(time.time() - start, 1)}
 
 
 # -------------------------------------------------------------------------------------------------- phase 2

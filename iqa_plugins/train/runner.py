@@ -46,6 +46,8 @@ class RunResult:
     checkpoint: Path | None = None
     compact_checkpoint: Path | None = None
     model: Any = None
+    seconds: float = 0.0
+    """Wall time of the training loop (setup and the final validation excluded)."""
 
 
 def metric_for_arch(arch_type: str) -> str | None:
@@ -189,11 +191,14 @@ def run_training(opt: dict[str, Any], *, log_level: int = logging.INFO) -> RunRe
         msg_logger = MessageLogger(opt, current_iter, None)
         save_freq = int(float(opt["logger"].get("save_checkpoint_freq", 9e9)))
         val_freq = int(float((opt.get("val") or {}).get("val_freq", 9e9)))
+        # train.max_seconds: stop after this much wall time even if total_iter is not reached (time budgets).
+        max_seconds = train_opt.get("max_seconds")
+        out_of_time = False
         history: list[dict[str, Any]] = []
         start = time.time()
         epoch = start_epoch
         for epoch in range(start_epoch, total_epochs):
-            if current_iter >= total_iters:
+            if current_iter >= total_iters or out_of_time:
                 break
             sampler.set_epoch(epoch)
             for batch in train_loader:
@@ -210,16 +215,19 @@ def run_training(opt: dict[str, Any], *, log_level: int = logging.INFO) -> RunRe
                     model.save(epoch, current_iter)
                 if current_iter % val_freq == 0 and current_iter < total_iters and val_loaders:
                     _validate(model, val_loaders, current_iter, epoch, history, rank)
-                if current_iter >= total_iters:
+                out_of_time = max_seconds is not None and time.time() - start >= float(max_seconds)
+                if current_iter >= total_iters or out_of_time:
                     break
             model.update_learning_rate(epoch + 2, warmup_iter=train_opt.get("warmup_iter", -1))
 
-        logger.info(f"Training done in {time.time() - start:.1f}s; saving the final model.")
+        seconds = round(time.time() - start, 1)
+        stop = f"time budget of {max_seconds}s reached at iteration {current_iter}" if out_of_time else "done"
+        logger.info(f"Training {stop} in {seconds:.1f}s; saving the final model.")
         model.save(epoch=-1, current_iter=-1)  # net_latest.pth, pyiqa's {'params': state_dict}
         final = _validate(model, val_loaders, current_iter, epoch, history, rank) if val_loaders else {}
         if opt["dist"]:
             torch.distributed.barrier()
-        result = RunResult(opt["name"], root, current_iter, final, history, model=model)
+        result = RunResult(opt["name"], root, current_iter, final, history, model=model, seconds=seconds)
         if rank == 0:
             result.checkpoint = Path(opt["path"]["models"]) / "net_latest.pth"
             result.compact_checkpoint = _export_compact(opt, model, result.checkpoint)

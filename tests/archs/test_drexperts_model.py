@@ -459,14 +459,17 @@ def test_explain_names_distortions_and_maps():
     model = DRExperts(pretrained=False, config="small", num_crops=2).eval()
     x = torch.rand(2, 3, 384, 420)
     out = model.explain(x)
-    assert set(out["per_distortion"]) == set(DISTORTION_PROMPTS)
+    assert out["distortion_names"] == list(DISTORTION_PROMPTS) and set(out["per_distortion"]) == set(DISTORTION_PROMPTS)
     torch.testing.assert_close(out["score"][:, None], model(x))
-    assert out["attention_maps"].shape == (2, 3, 24, 24)
+    # per crop (2), per top expert (3), over the 24 x 24 patch grid
+    assert out["attention_maps"].shape == (2, 2, 3, 24, 24)
+    assert len(out["attention_crops"]) == 2 and out["attention_image_size"] == (384, 420)
     # The refined attention rows sum to 1 - alpha over the 577 keys.
     total = out["attention_maps"].sum((-1, -2)) + out["attention_cls"]
     torch.testing.assert_close(total, torch.full_like(total, 1 - model.dsdm.alpha.item()), rtol=1e-4, atol=1e-5)
-    weights = torch.stack([out["per_distortion"][n] for n in DISTORTION_PROMPTS], 1)
-    assert torch.equal(out["top_experts"], weights.topk(3, dim=1).indices)
+    shares = torch.stack([out["per_distortion"][n] for n in DISTORTION_PROMPTS], 1)
+    torch.testing.assert_close(shares, out["expert_weights"] / out["expert_weights"].sum(1, keepdim=True))
+    assert torch.equal(out["top_indices"], shares.topk(3, dim=1).indices)
 
 
 @pytest.mark.slow

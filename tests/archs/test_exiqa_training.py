@@ -95,6 +95,13 @@ def test_phase1_prompt_tuning_lowers_the_distortion_loss(labelled):
     assert not any(p.requires_grad for p in model.clip.parameters())
 
 
+def test_phase1_time_budget_stops_after_the_step_that_spends_it(labelled):
+    images, strengths = labelled
+    loader = DataLoader(TensorDataset(images, strengths), batch_size=4)
+    history = train_phase1(_model(), loader, epochs=6, lr=5e-2, mode="prompt", max_seconds=0)
+    assert history["steps"] == 1 and len(history["epoch_loss"]) == 1 and history["seconds"] >= 0
+
+
 @pytest.mark.slow
 def test_phase1_full_fine_tuning_recaches_text_and_saves_clip(labelled, tmp_path):
     images, strengths = labelled

@@ -33,6 +33,20 @@ def test_explicit_path_wins_and_missing_path_is_named(tmp_path):
         weights.resolve_weights(spec, tmp_path / "nope.pth")
 
 
+def test_bare_file_name_is_found_in_the_cache(tmp_path, isolated_cache, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    spec = WeightsSpec("model.pth")
+    isolated_cache.mkdir(parents=True)
+    cached, _ = _checkpoint_file(isolated_cache / "DRExperts_koniq10k.pth")
+    assert weights.resolve_weights(spec, "DRExperts_koniq10k.pth") == cached
+    here, _ = _checkpoint_file(tmp_path / "DRExperts_koniq10k.pth")  # the current folder comes first
+    assert weights.resolve_weights(spec, "DRExperts_koniq10k.pth").resolve() == here
+    with pytest.raises(FileNotFoundError, match=r"current folder .* nor in the pyiqa cache .*hub/pyiqa"):
+        weights.resolve_weights(spec, "other.pth")
+    with pytest.raises(FileNotFoundError, match="looked only at that path"):
+        weights.resolve_weights(spec, str(tmp_path / "sub" / "DRExperts_koniq10k.pth"))
+
+
 def test_cached_file_is_used(isolated_cache):
     isolated_cache.mkdir(parents=True)
     path, _ = _checkpoint_file(isolated_cache / "model.pth")

@@ -20,7 +20,7 @@ from iqa_plugins.train import demo
 def _small_drexperts_options(images: Path, meta: Path) -> dict:
     from iqa_plugins.train.demo import drexperts_options
 
-    opt = drexperts_options(images.parent, images.parent, epochs=1, batch=4)
+    opt = drexperts_options(images.parent, train_images=12, steps=3, batch=4)
     for dataset in opt["datasets"].values():
         dataset.update(dataroot_target=str(images), meta_info_file=str(meta))
     opt["datasets"]["train"]["augment"]["random_crop"] = 32  # the tiny set's images are 32 px
@@ -71,28 +71,35 @@ def test_train_command_errors_name_the_problem(capsys, tmp_path):
     assert code == 2 and "does not exist" in capsys.readouterr().err
 
 
-def test_demo_seed_is_the_drexperts_recipe_seed(tmp_path, capsys):
+def test_demo_seed_and_time_budget_options(tmp_path, capsys):
     parser = argparse.ArgumentParser()
     demo.add_arguments(parser)
-    assert parser.parse_args([]).seed == 123  # the seed of the README's demo figures
+    defaults = parser.parse_args([])
+    assert defaults.seed == 123 and defaults.train_seconds == demo.TRAIN_SECONDS  # the README's demo settings
     seed = parser.parse_args(["--seed", "7"]).seed
-    assert demo.drexperts_options(tmp_path, tmp_path, epochs=2, batch=4, seed=seed)["manual_seed"] == 7
-    for bad in ("-1", str(2**32)):
+    opt = demo.drexperts_options(tmp_path, train_images=64, steps=200, batch=32, seed=seed, max_seconds=30)
+    assert opt["manual_seed"] == 7 and opt["train"]["total_iter"] == 200 and opt["train"]["max_seconds"] == 30
+    # 64 images x 10 crops / 32 = 20 iterations per epoch; the rate drops after 91% of the 200 steps
+    assert round(opt["train"]["scheduler"]["decay_epochs"] * 20) == 182
+    assert opt["datasets"]["train"]["mos_range"] == demo.SCORE_RANGE
+    for bad in (["--seed", "-1"], ["--seed", str(2**32)], ["--train-seconds", "0"]):
         with pytest.raises(SystemExit):
-            parser.parse_args(["--seed", bad])
-        assert "--seed" in capsys.readouterr().err
+            parser.parse_args(bad)
+        assert bad[0] in capsys.readouterr().err
 
 
 @pytest.mark.slow
-def test_demo_tiny_runs_every_step(tmp_path, monkeypatch):
-    """Photos -> generated + FR-labelled variants -> both models trained -> `pyiqa` and `iqa-plugins score`
-    through a demo-local cache -> held-out correlations; the user's cache stays untouched."""
+def test_demo_tiny_runs_every_step(tmp_path, monkeypatch, capsys):
+    """Photos -> generated + FR-labelled variants -> both models trained to a time budget -> `pyiqa` and
+    `iqa-plugins score` through a demo-local cache -> held-out correlations, explanation figures and report
+    pages; the user's cache stays untouched."""
     user_home = tmp_path / "user_torch_home"
     monkeypatch.setenv("TORCH_HOME", str(user_home))
     parser = argparse.ArgumentParser()
     demo.add_arguments(parser)
     out = tmp_path / "demo"
     assert demo.main(parser.parse_args(["--out", str(out), "--tiny"])) == 0
+    printed = capsys.readouterr().out
     summary = json.loads((out / "summary.json").read_text())
     for metric in ("drexperts", "exiqa"):
         figures = summary["models"][metric]
@@ -101,11 +108,22 @@ def test_demo_tiny_runs_every_step(tmp_path, monkeypatch):
         assert figures["iqa_plugins_score"]["srcc"] == pytest.approx(figures["pyiqa_command"]["srcc"], abs=1e-6)
         header = (out / f"scores_{metric}.csv").read_text().splitlines()[0].split(",")
         assert header[:2] == ["path", metric] and len(header) > 2  # explanation columns
+        assert summary["training"][metric]["steps"] >= 1
+        assert len(list((out / "figures" / metric).glob("*.png"))) == 1  # one held-out photo in --tiny
+        page = (out / f"report_{metric}.html").read_text()
+        assert page.count("<tr data-name=") == 3
+        assert str(out / f"report_{metric}.html") in printed
+    assert summary["training"]["wall_s"] < 20 + 60  # the budget, plus model set-up and the final save
     labels = (out / "data" / "train" / "meta_info.csv").read_text().splitlines()[1:]
     values = [float(line.split(",")[1]) for line in labels]
     assert len(values) == 9 and all(0 <= v <= 1 for v in values) and len(set(values)) > 1
     assert summary["settings"]["seed"] == 123
-    assert (out / "torch_home" / "hub" / "pyiqa" / "DRExperts_koniq10k.pth").is_file()
+    weights = out / "torch_home" / "hub" / "pyiqa" / "DRExperts_koniq10k.pth"
+    assert weights.is_file() and f"TORCH_HOME={(out / 'torch_home').resolve()}" in printed
+    from iqa_plugins.archs.drexperts_arch import DRExperts
+
+    assert DRExperts(pretrained_model_path=weights).score_scale()["score_range"] == [0.0, 1.0]
+    assert "issue" not in printed
     assert not user_home.exists()
 
 

@@ -49,6 +49,14 @@ def test_training_changes_weights_and_lowers_loss(tiny_set, tmp_path):
     assert result.iterations == 6 * 3 and "Tiny" in result.final_metrics
 
 
+def test_time_budget_stops_training_and_records_the_steps_reached(tiny_set, tmp_path):
+    images, meta = tiny_set
+    opt = tiny_options(images, meta, epochs=6)
+    opt["train"]["max_seconds"] = 0  # spent after the first iteration
+    result = run_training(finalize_options(opt, tmp_path), log_level=logging.WARNING)
+    assert result.iterations == 1 and result.checkpoint.is_file() and result.seconds >= 0
+
+
 def test_resume_mid_epoch_reproduces_the_uninterrupted_run(tiny_set, tmp_path):
     images, meta = tiny_set
     base = tiny_options(images, meta, epochs=2, val=False)  # 3 iterations per epoch
