@@ -13,30 +13,17 @@ import pytest
 import torch
 import yaml
 
+from tiny_setup import small_drexperts_options
+
 from iqa_plugins.train import cli as train_cli
 from iqa_plugins.train import demo
-
-
-def _small_drexperts_options(images: Path, meta: Path) -> dict:
-    from iqa_plugins.train.demo import drexperts_options
-
-    opt = drexperts_options(images.parent, images.parent, epochs=1, batch=4)
-    for dataset in opt["datasets"].values():
-        dataset.update(dataroot_target=str(images), meta_info_file=str(meta))
-    opt["datasets"]["train"]["augment"]["random_crop"] = 32  # the tiny set's images are 32 px
-    opt["datasets"]["train"]["dataset_enlarge_ratio"] = 1
-    opt["network"]["config"]["img_size"] = 32
-    opt["network"]["num_crops"] = 2
-    opt["datasets"]["val"] = {**opt["datasets"]["train"], "augment": {}, "batch_size_per_gpu": 1}
-    opt["val"] = {"val_freq": 9e9, "metrics": {"srcc": {"type": "calculate_srcc"}}}
-    return opt
 
 
 @pytest.mark.slow
 def test_train_command_drexperts_small_installs_loadable_weights(tiny_set, tmp_path):
     images, meta = tiny_set
     options = tmp_path / "small.yml"
-    options.write_text(yaml.safe_dump(_small_drexperts_options(images, meta)))
+    options.write_text(yaml.safe_dump(small_drexperts_options(images, meta)))
     env = {**os.environ, "TORCH_HOME": str(tmp_path / "torch_home")}
     done = subprocess.run(
         [sys.executable, "-m", "iqa_plugins", "train", "drexperts", "--opt", str(options), "--device", "cpu",
@@ -46,8 +33,13 @@ def test_train_command_drexperts_small_installs_loadable_weights(tiny_set, tmp_p
     assert done.returncode == 0, done.stderr[-3000:]
     cached = tmp_path / "torch_home" / "hub" / "pyiqa" / "DRExperts_koniq10k.pth"
     assert cached.is_file() and "installed to the cache" in done.stdout
-    compact = tmp_path / "experiments" / "demo_drexperts" / "models" / "compact_latest.pth"
-    pyiqa_format = compact.with_name("net_latest.pth")
+    compact = tmp_path / "experiments" / "demo_drexperts" / "drexperts.pth"
+    pyiqa_format = compact.parent / "models" / "pyiqa_params_final.pth"
+    assert f"weights: {compact}" in done.stdout
+    assert not list(compact.parent.rglob("net_best.pth"))
+    umask = os.umask(0)
+    os.umask(umask)
+    assert compact.stat().st_mode & 0o777 == 0o666 & ~umask
 
     import pyiqa
 
@@ -133,7 +125,8 @@ def test_train_command_exiqa_phases(tmp_path, capsys, config):
     phase1 = tmp_path / "phase1.pth"
     common = ["--data", str(data), "--batch-size", "4", "--epochs", "1", "--device", "cpu"]
     assert train_cli.main(parser.parse_args(
-        ["exiqa", "--phase", "1", "--config", config, "--out", str(phase1), *common])) == 0
+        ["exiqa", "--phase", "1", "--config", config, "--clip-weights", "random", "--out", str(phase1),
+         *common])) == 0
     report1 = json.loads(Path(f"{phase1}.json").read_text())
     assert report1["held_out"] == "test" and report1["figures"]["num_images"] == 6
     phase2 = tmp_path / "phase2.pth"

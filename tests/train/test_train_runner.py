@@ -100,7 +100,7 @@ def test_ddp_two_cpu_processes_train_in_step(tiny_set, tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
     done = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-         str(worker), str(images), str(meta), str(tmp_path)],
+         str(worker), "tiny", str(images), str(meta), str(tmp_path)],
         capture_output=True, text=True, env=env, timeout=300,
     )
     assert done.returncode == 0, done.stderr[-3000:]
