@@ -61,6 +61,10 @@ class MOSDataset(Dataset):
 def add_exiqa_arguments(group: argparse._ArgumentGroup) -> None:
     group.add_argument("--data", type=Path, help="generator or converter output folder (strengths.csv, split.pkl, "
                                                  "images/, meta_info.csv)")
+    group.add_argument("--prepare", metavar="DATASET",
+                       help="first turn a data set's own files into --data: kadid10k, tid2013, csiq or live, read "
+                            "from --source (strengths from the file names, scores, a split by reference image)")
+    group.add_argument("--source", type=Path, help="--prepare: the data set's folder as distributed")
     group.add_argument("--preset", help="the paper's settings for a data set (see `train exiqa --list`): attribute "
                                         "set, prompt tokens, phase-1 mode, epochs and rate")
     group.add_argument("--attributes", help="attribute set: kadid10k (default), tid2013, csiq, live, or a JSON file")
@@ -227,6 +231,16 @@ def run_phase(args: argparse.Namespace) -> dict[str, Any] | None:
 
 
 def train_exiqa(args: argparse.Namespace) -> int:
+    if args.prepare:
+        from iqa_plugins.train.exiqa_datasets import prepare_dataset
+
+        if args.source is None or args.data is None:
+            raise ValueError("--prepare needs --source (the data set's folder) and --data (the folder to write)")
+        counts = prepare_dataset(args.prepare, args.source, args.data)
+        print(f"{args.prepare}: {counts['images']} images of {counts['references']} references "
+              f"({counts['train']} train, {counts['test']} test; {counts['scored']} with scores) -> {args.data}")
+        if args.phase is None:
+            return 0
     report = run_phase(args)
     if report is None:
         return 0
