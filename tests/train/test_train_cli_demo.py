@@ -51,6 +51,12 @@ def test_train_command_drexperts_small_installs_loadable_weights(tiny_set, tmp_p
     torch.testing.assert_close(by_path(x), by_params(x))
     trained = torch.load(pyiqa_format, weights_only=True)["params"]
     assert torch.equal(by_path.net.score.weight, trained["score.weight"])
+    # pyiqa's format carries no config: loading it as the default (paper) model says how, briefly.
+    from iqa_plugins.archs.drexperts_arch import CheckpointKeyError
+
+    with pytest.raises(CheckpointKeyError) as error:
+        pyiqa.create_metric("drexperts", device="cpu", pretrained_model_path=str(pyiqa_format))
+    assert "--metric-opt config=small" in str(error.value) and len(str(error.value)) < 1000
 
 
 def test_train_command_errors_name_the_problem(capsys, tmp_path):
