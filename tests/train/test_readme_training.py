@@ -110,11 +110,11 @@ def _free_port() -> int:
 
 
 @pytest.mark.slow
-def test_every_readme_training_command_runs(places, capsys, monkeypatch):
+def test_every_readme_training_command_runs(places, capfd, monkeypatch):
     commands = readme_training_commands()
     assert len(commands) == 9 and commands[0] == "iqa-plugins train --list"
     monkeypatch.chdir(places)
-    outputs = {}
+    outputs, errors = {}, {}
     for command in commands:
         argv = _shrunk(command)
         if argv[0] == "torchrun":
@@ -127,16 +127,18 @@ def test_every_readme_training_command_runs(places, capsys, monkeypatch):
             continue
         assert argv[0] == "iqa-plugins", command
         code = cli_main(argv[1:])
-        captured = capsys.readouterr()
+        captured = capfd.readouterr()
         assert code == 0, (command, captured.err[-3000:])
         outputs[command] = captured.out
+        errors[command] = captured.err
 
     listing = outputs[commands[0]]
     assert "drexperts recipes (--dataset): bid, flive, koniq10k, livec, spaq" in listing
     assert "exiqa-set:" in listing and "tid2013:" in listing
     koniq = outputs[commands[1]]
     assert re.search(r"^split 1/2: drexperts_koniq10k_split01: \d+ steps", koniq, re.M)
-    assert "Network:" not in koniq  # the network printout is --verbose only
+    assert "Network:" not in koniq + errors[commands[1]]  # the network printout is --verbose only
+    assert "epoch 1/1" in errors[commands[1]] and "loss=" in errors[commands[1]]  # the progress bars
     weights = Path(re.search(r"^weights: (.+)$", koniq, re.M)[1])
     assert weights.name == "drexperts.pth" and weights.is_file()
     livec = outputs[commands[2]]

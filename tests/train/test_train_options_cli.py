@@ -116,3 +116,20 @@ def test_progress_records_epochs_and_its_stop_hook_ends_training():
     assert stopped_at == (1, 3) and [s for s, _ in steps] == [1, 2, 3]
     assert len(progress.epoch_loss) == 2 and progress.images == 12
     assert progress.summary().startswith("t: 3 steps in ")
+
+
+def test_console_shows_bars_and_summary_and_the_network_only_when_verbose(tiny_set, tmp_path, capfd):
+    import yaml
+    from tiny_setup import tiny_options
+
+    images, meta = tiny_set
+    options = tmp_path / "tiny.yml"
+    options.write_text(yaml.safe_dump(tiny_options(images, meta, epochs=2)))
+    common = ["drexperts", "--opt", str(options), "--device", "cpu", "--root", str(tmp_path)]
+    assert train_cli.main(_parser().parse_args(common)) == 0
+    out, err = capfd.readouterr()
+    assert "Network:" not in out + err
+    assert "tiny epoch 1/2" in err and "tiny epoch 2/2" in err and "loss=" in err and "img_s=" in err
+    assert out.splitlines()[0].startswith("tiny: 6 steps in ") and "; Tiny SRCC " in out
+    assert train_cli.main(_parser().parse_args([*common, "--verbose", "--name", "again"])) == 0
+    assert "Network: TinyTrainIQA" in capfd.readouterr().err
