@@ -162,6 +162,9 @@ def main(args: argparse.Namespace) -> int:
     if args.model is None:
         print("iqa-plugins train: name the model to train (drexperts or exiqa), or give --list", file=sys.stderr)
         return 2
+    import torch.distributed as dist
+
+    joined_before = dist.is_available() and dist.is_initialized()
     try:
         if args.model == "drexperts":
             return train_drexperts(args)
@@ -171,3 +174,7 @@ def main(args: argparse.Namespace) -> int:
     except (OptionsError, FileNotFoundError, ValueError) as error:
         print(f"iqa-plugins train: {error}", file=sys.stderr)
         return 2
+    finally:
+        # --launcher pytorch joined a process group: leave it, so that every process exits at once.
+        if not joined_before and dist.is_available() and dist.is_initialized():
+            dist.destroy_process_group()

@@ -76,9 +76,9 @@ def real(options: Path, exiqa_data: Path, out: Path) -> None:
          *exiqa])))
     codes.append(train_cli.main(parser.parse_args(
         ["exiqa", "--phase", "2", "--init", str(out / "p1.pth"), "--out", str(out / "p2.pth"), *exiqa])))
+    # Each command joined the process group and left it when done (so a fresh one serves the next).
     (out / f"codes_rank{rank}.json").write_text(json.dumps(
-        {"codes": codes, "world_size": dist.get_world_size(), "backend": dist.get_backend()}))
-    dist.destroy_process_group()
+        {"codes": codes, "world_size": int(os.environ["WORLD_SIZE"]), "left": not dist.is_initialized()}))
 
 
 if __name__ == "__main__":
