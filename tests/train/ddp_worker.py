@@ -1,9 +1,9 @@
 """One rank of the 2-process DDP tests (run by torchrun).
 
 ``tiny IMAGES META OUT``: trains the tiny arch with --launcher pytorch's set-up (gloo on CPU) and saves its own
-parameters before and after. ``real OPTIONS_YML EXIQA_DATA OUT``: runs the real commands under DDP as a user
-does (`train drexperts --opt ... --launcher pytorch` with validation on, then `train exiqa --phase 1` and
-`--phase 2`), recording each rank's trained weights through thin wrappers around the training functions.
+parameters before and after. ``drexperts|exiqa1|exiqa2 DATA OUT``: runs one real command under DDP as a user
+does (`train drexperts --opt ... --launcher pytorch` with validation on, `train exiqa --phase 1`, `--phase
+2`), recording each rank's trained weights through thin wrappers around the training functions.
 """
 
 from __future__ import annotations
@@ -59,7 +59,9 @@ def _recording(module, name: str, out: Path, rank: int, weights) -> None:
     setattr(module, name, wrapper)
 
 
-def real(options: Path, exiqa_data: Path, out: Path) -> None:
+def command(step: str, data: Path, out: Path) -> None:
+    """One real command under DDP, as a user runs it (one command per torchrun launch): ``drexperts`` (DATA:
+    an options file; validation on), ``exiqa1`` or ``exiqa2`` (DATA: an ExIQA data folder)."""
     rank = int(os.environ["RANK"])
     _recording(runner, "run_training", out, rank,
                lambda args, result: result.model.get_bare_model(result.model.net).state_dict())
@@ -68,18 +70,20 @@ def real(options: Path, exiqa_data: Path, out: Path) -> None:
     parser = argparse.ArgumentParser()
     train_cli.add_arguments(parser)
     common = ["--launcher", "pytorch", "--device", "cpu", "--quiet"]
-    codes = [train_cli.main(parser.parse_args(
-        ["drexperts", "--opt", str(options), "--root", str(out), *common]))]
-    exiqa = ["--data", str(exiqa_data), "--batch-size", "2", "--epochs", "2", *common]
-    codes.append(train_cli.main(parser.parse_args(
-        ["exiqa", "--phase", "1", "--config", "small", "--clip-weights", "random", "--out", str(out / "p1.pth"),
-         *exiqa])))
-    codes.append(train_cli.main(parser.parse_args(
-        ["exiqa", "--phase", "2", "--init", str(out / "p1.pth"), "--out", str(out / "p2.pth"), *exiqa])))
-    # Each command joined the process group and left it when done (so a fresh one serves the next).
-    (out / f"codes_rank{rank}.json").write_text(json.dumps(
-        {"codes": codes, "world_size": int(os.environ["WORLD_SIZE"]), "left": not dist.is_initialized()}))
+    exiqa = ["--data", str(data), "--batch-size", "2", "--epochs", "2", *common]
+    argv = {
+        "drexperts": ["drexperts", "--opt", str(data), "--root", str(out), *common],
+        "exiqa1": ["exiqa", "--phase", "1", "--config", "small", "--clip-weights", "random",
+                   "--out", str(out / "p1.pth"), *exiqa],
+        "exiqa2": ["exiqa", "--phase", "2", "--init", str(out / "p1.pth"), "--out", str(out / "p2.pth"), *exiqa],
+    }[step]
+    code = train_cli.main(parser.parse_args(argv))
+    (out / f"{step}_rank{rank}.json").write_text(json.dumps(
+        {"code": code, "world_size": int(os.environ["WORLD_SIZE"]), "left": not dist.is_initialized()}))
 
 
 if __name__ == "__main__":
-    {"tiny": tiny, "real": real}[sys.argv[1]](*(Path(a) for a in sys.argv[2:5]))
+    if sys.argv[1] == "tiny":
+        tiny(*(Path(a) for a in sys.argv[2:5]))
+    else:
+        command(sys.argv[1], Path(sys.argv[2]), Path(sys.argv[3]))

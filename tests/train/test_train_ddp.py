@@ -44,15 +44,16 @@ def test_ddp_trains_the_real_models_in_step_and_exits(tiny_set, exiqa_data, tmp_
     options.write_text(yaml.safe_dump(opt))
     worker = Path(__file__).with_name("ddp_worker.py")
     env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
-    done = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-         str(worker), "real", str(options), str(exiqa_data), str(tmp_path)],
-        capture_output=True, text=True, env=env, timeout=300,
-    )
-    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
-    for rank in (0, 1):
-        info = json.loads((tmp_path / f"codes_rank{rank}.json").read_text())
-        assert info == {"codes": [0, 0, 0], "world_size": 2, "left": True}
+    for step, data in (("drexperts", options), ("exiqa1", exiqa_data), ("exiqa2", exiqa_data)):
+        done = subprocess.run(
+            [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+             str(worker), step, str(data), str(tmp_path)],
+            capture_output=True, text=True, env=env, timeout=300,
+        )
+        assert done.returncode == 0, (step, done.stdout[-2000:] + done.stderr[-3000:])
+        for rank in (0, 1):
+            info = json.loads((tmp_path / f"{step}_rank{rank}.json").read_text())
+            assert info == {"code": 0, "world_size": 2, "left": True}, (step, rank)
 
     def both(name: str) -> tuple[dict, dict]:
         return tuple(torch.load(tmp_path / f"{name}_rank{r}.pt", weights_only=True) for r in (0, 1))
