@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.iqa-plugins-installed
 TORCH_PINS := torch==2.14.1 torchvision==0.29.1
 BENCH_MODE ?= full
 
-.PHONY: setup build test test-fast demo bench bench-quick clean
+.PHONY: setup build test test-fast demo bench bench-quick clean gpu-check gpu-bundle
 
 setup: $(STAMP)
 
@@ -39,6 +39,25 @@ bench: setup
 
 bench-quick: setup
 	$(PY) benchmarks/run.py --mode quick
+
+# A lent GPU machine has torch/triton/timm but no network: gpu-bundle (run where pip works) collects the pure-Python
+# wheels it lacks, at this venv's versions, into one folder to carry; gpu-check installs them offline, builds the
+# project with the CUDA scorer, runs every GPU test and the target benchmarks (a dry run without a GPU).
+GPU_BUNDLE      ?= gpu_bundle
+GPU_BUNDLE_DISTS := pyiqa open_clip_torch ftfy wcwidth
+GPU_BUNDLE_MAX_MB := 50
+GPU_PYTHON      ?= $(if $(wildcard $(PY)),$(PY),python3)
+
+gpu-bundle: setup
+	rm -rf $(GPU_BUNDLE)
+	$(PY) -m pip download --quiet --no-deps --only-binary=:all: --python-version 3.12 --implementation py \
+		--abi none --platform any -d $(GPU_BUNDLE) \
+		$$($(PY) -c "import importlib.metadata as m, sys; print(*(f'{d}=={m.version(d)}' for d in sys.argv[1:]))" $(GPU_BUNDLE_DISTS))
+	@size=$$(du -sm $(GPU_BUNDLE) | cut -f1); ls -1 $(GPU_BUNDLE); echo "$(GPU_BUNDLE): $${size} MiB"; \
+		test $$size -lt $(GPU_BUNDLE_MAX_MB) || { echo "bundle over $(GPU_BUNDLE_MAX_MB) MiB"; exit 1; }
+
+gpu-check:
+	$(GPU_PYTHON) benchmarks/gpu_check.py --bundle $(GPU_BUNDLE)
 
 clean:
 	rm -rf $(VENV) build *.egg-info demo_out kernels/attribute_scorer/_C*.so

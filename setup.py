@@ -4,7 +4,8 @@
 PyPI package of that name (imported by transformers).
 
 Environment switches:
-  IQA_PLUGINS_BUILD_CUDA=1   also compile the CUDA kernel of the attribute scorer (needs nvcc)
+  IQA_PLUGINS_BUILD_CUDA=1   also compile the CUDA kernel of the attribute scorer (needs nvcc); without a
+                             visible GPU and without TORCH_CUDA_ARCH_LIST it targets DEFAULT_CUDA_ARCHS
   IQA_PLUGINS_NO_EXT=1       skip the C++ extension (the pure-PyTorch reference is used instead)
 """
 
@@ -20,6 +21,9 @@ AUTOLOAD_PTH = "iqa_plugins_autoload.pth"
 # One line, executed by `site` at interpreter start-up: it only installs a lazy import hook
 # (no torch, no pyiqa); registration runs when the user first imports pyiqa.
 AUTOLOAD_LINE = "import iqa_plugins._autoload as _m; _m.install()\n"
+# A100 (sm_80) and H100/H200 (sm_90): torch's build asks the visible GPU for its architecture and fails
+# without one (a build machine, a container build) unless TORCH_CUDA_ARCH_LIST names the targets.
+DEFAULT_CUDA_ARCHS = "8.0;9.0"
 
 
 def _packages() -> list[str]:
@@ -38,6 +42,10 @@ def _extensions() -> tuple[list, dict]:
     extra = {"cxx": ["-O3", "-fopenmp"]}
     ext_cls = CppExtension
     if os.environ.get("IQA_PLUGINS_BUILD_CUDA") == "1":
+        import torch
+
+        if not os.environ.get("TORCH_CUDA_ARCH_LIST") and not torch.cuda.is_available():
+            os.environ["TORCH_CUDA_ARCH_LIST"] = DEFAULT_CUDA_ARCHS
         sources.append(str(src / "attribute_scorer_cuda.cu"))
         extra["nvcc"] = ["-O3"]
         extra["cxx"].append("-DIQA_WITH_CUDA")

@@ -3,12 +3,17 @@
 Thin on purpose: each sub-command lives in the module that does the work, which exposes
 ``add_arguments(parser)`` and ``main(args) -> int``. Modules are imported only for the sub-command
 being run, so ``iqa-plugins --help`` stays instant.
+
+Exit status of every command: 0 done; 1 done, but some inputs were skipped (named on stderr); 2 bad
+arguments or input, reported in one line that names the file or argument (``IQA_PLUGINS_DEBUG=1`` shows
+the traceback); 130 interrupted (Ctrl-C), with what was already written kept.
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 
 # name -> (module, one-line help)
@@ -42,10 +47,31 @@ def main(argv: list[str] | None = None) -> int:
         print(f"iqa-plugins: unknown command {name!r}\n\n{_top_level_help()}", file=sys.stderr)
         return 2
     module_name, text = COMMANDS[name]
-    module = importlib.import_module(module_name)
-    parser = argparse.ArgumentParser(prog=f"iqa-plugins {name}", description=text)
-    module.add_arguments(parser)
-    return int(module.main(parser.parse_args(rest)) or 0)
+    try:
+        module = importlib.import_module(module_name)
+        parser = argparse.ArgumentParser(prog=f"iqa-plugins {name}", description=text)
+        module.add_arguments(parser)
+        return int(module.main(parser.parse_args(rest)) or 0)
+    except KeyboardInterrupt:
+        # Rows and checkpoints already written are kept; a traceback would only hide that line.
+        print(f"iqa-plugins {name}: interrupted", file=sys.stderr)
+        return 130
+    except USER_ERRORS as error:
+        if os.environ.get("IQA_PLUGINS_DEBUG") == "1":
+            raise
+        print(f"iqa-plugins {name}: {_describe(error)}", file=sys.stderr)
+        return 2
+
+
+# Errors that bad input (files, folders, options) causes; anything else is a bug and keeps its traceback.
+USER_ERRORS = (OSError, ValueError, KeyError, ImportError, RuntimeError)
+
+
+def _describe(error: BaseException) -> str:
+    if isinstance(error, OSError) and error.filename is not None and error.strerror:
+        return f"{error.filename}: {error.strerror}"
+    text = str(error.args[0]) if isinstance(error, KeyError) and error.args else str(error)
+    return f"{text} (IQA_PLUGINS_DEBUG=1 shows the traceback)"
 
 
 if __name__ == "__main__":

@@ -2,13 +2,16 @@
 
 Handled: EXIF orientation (JPEGs from phones), palette/grey/grey+alpha/RGBA (alpha composited onto
 white, as a viewer shows it), CMYK JPEGs, 16-bit greyscale PNG/TIFF (scaled by 65535, not clipped at
-255), truncated or non-image files (an error naming the file). Images smaller than ``min_side`` are
+255), truncated or non-image files and decompression bombs (headers claiming more pixels than PIL's
+``Image.MAX_IMAGE_PIXELS`` limit allows; an error naming the file). Images smaller than ``min_side`` are
 refused: a quality score of a few pixels means nothing, and resizing them up would invent content.
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +22,15 @@ IMAGE_EXTENSIONS = frozenset(
 )
 DEFAULT_MIN_SIDE = 16
 
-__all__ = ["IMAGE_EXTENSIONS", "DEFAULT_MIN_SIDE", "ImageReadError", "read_image", "is_image_path"]
+__all__ = [
+    "DEFAULT_MIN_SIDE",
+    "IMAGE_EXTENSIONS",
+    "ImageReadError",
+    "is_image_path",
+    "probe_image",
+    "read_image",
+    "require_readable",
+]
 
 
 class ImageReadError(ValueError):
@@ -54,6 +65,21 @@ def _to_rgb_array(img: Image.Image) -> np.ndarray:
     return np.asarray(img.convert("RGB"), dtype=np.float32) / 255.0
 
 
+@contextmanager
+def _decoding(path: Path) -> Iterator[None]:
+    """Turn whatever PIL raises while opening or decoding ``path`` into an :class:`ImageReadError`."""
+    try:
+        yield
+    except Image.DecompressionBombError as error:  # not an OSError: a header claiming billions of pixels
+        raise ImageReadError(path, f"refused as a possible decompression bomb: {error}") from None
+    except MemoryError:
+        raise ImageReadError(path, "not enough memory to decode this image") from None
+    except UnidentifiedImageError:
+        raise ImageReadError(path, "not a recognised image format (corrupt, or not an image)") from None
+    except (OSError, ValueError, SyntaxError) as error:  # truncated data, bad headers, decoder errors
+        raise ImageReadError(path, f"could not decode image: {error}") from None
+
+
 def read_image(path: str | os.PathLike, min_side: int = DEFAULT_MIN_SIDE) -> np.ndarray:
     """Read ``path`` as float32 RGB (H,W,3) in [0,1], upright per its EXIF orientation.
 
@@ -65,17 +91,46 @@ def read_image(path: str | os.PathLike, min_side: int = DEFAULT_MIN_SIDE) -> np.
         raise ImageReadError(path, "no such file")
     if path.is_dir():
         raise ImageReadError(path, "is a directory, not an image file")
-    try:
-        with Image.open(path) as img:
-            img = ImageOps.exif_transpose(img)  # also forces the full decode: truncation fails here
-            array = _to_rgb_array(img)
-    except UnidentifiedImageError:
-        raise ImageReadError(path, "not a recognised image format (corrupt, or not an image)") from None
-    except (OSError, ValueError, SyntaxError) as error:  # truncated data, bad headers, decoder errors
-        raise ImageReadError(path, f"could not decode image: {error}") from None
+    with _decoding(path), Image.open(path) as img:
+        img = ImageOps.exif_transpose(img)  # also forces the full decode: truncation fails here
+        array = _to_rgb_array(img)
     height, width = array.shape[:2]
     if min(height, width) < min_side:
         raise ImageReadError(
             path, f"image is {width}x{height}, smaller than the minimum {min_side}x{min_side} for scoring"
         )
     return array
+
+
+def probe_image(path: str | os.PathLike) -> None:
+    """Cheaply check that ``path`` is a whole, decodable image (for checking a training set up front).
+
+    JPEGs are decoded at 1/8 scale (all of the compressed data is still read, so truncation shows);
+    other formats are verified (PNG: every chunk's checksum). Raises :class:`ImageReadError`.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ImageReadError(path, "no such file")
+    with _decoding(path), Image.open(path) as img:
+        if img.format == "JPEG":
+            img.draft("RGB", (max(1, img.width // 8), max(1, img.height // 8)))
+            img.load()
+        else:
+            img.verify()
+
+
+def require_readable(paths: list[str | os.PathLike], what: str, *, shown: int = 5) -> None:
+    """Raise ``ValueError`` naming the unreadable files among ``paths`` (``what`` says whose they are),
+    or saying that there are no readable images at all."""
+    bad = []
+    for path in paths:
+        try:
+            probe_image(path)
+        except ImageReadError as error:
+            bad.append(error)
+    if not paths or len(bad) == len(paths):
+        example = f"; e.g. {bad[0]}" if bad else ""
+        raise ValueError(f"{what}: no readable images ({len(paths)} listed{example})")
+    if bad:
+        listing = "; ".join(str(e) for e in bad[:shown]) + (f"; and {len(bad) - shown} more" if len(bad) > shown else "")
+        raise ValueError(f"{what}: {len(bad)} of {len(paths)} images are unreadable: {listing}")

@@ -52,6 +52,26 @@ def register_archs() -> None:
             ARCH_REGISTRY.register_lazy(name, target, override=True)
 
 
+def route_input_check() -> None:
+    """Let an arch with ``check_input`` (ours) check its own input instead of pyiqa's generic check, which
+    crashes on empty or ``meta`` batches, refuses fp16 1.0 and checks nothing for a loss. Other metrics
+    keep pyiqa's check unchanged."""
+    from pyiqa.models.inference_model import InferenceModel
+
+    original = InferenceModel.is_valid_input
+    if getattr(original, "routes_to_arch", False):
+        return
+
+    def is_valid_input(self, x):
+        check = getattr(self.net, "check_input", None)
+        if x is None or check is None:
+            return original(self, x)
+        check(x, value_range=self.check_input_range, as_loss=self.as_loss)
+
+    is_valid_input.routes_to_arch = True
+    InferenceModel.is_valid_input = is_valid_input
+
+
 def register() -> None:
     """Make ``pyiqa.create_metric`` / ``list_models`` / the ``pyiqa`` command know our metrics."""
     try:
@@ -59,6 +79,7 @@ def register() -> None:
     except ImportError as error:
         raise RegistrationError(f"iqa_plugins needs pyiqa >= 0.1.16: {error}") from error
     register_archs()
+    route_input_check()
     for name, entry in METRICS.items():
         # Mutate in place: pyiqa's modules hold references to this very dict.
         DEFAULT_CONFIGS[name] = {**entry, "metric_opts": dict(entry["metric_opts"])}

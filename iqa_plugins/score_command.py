@@ -1,30 +1,51 @@
-"""``iqa-plugins score``: score files, folders and globs; stream CSV/JSONL rows; report bad files.
+"""``iqa-plugins score``: score files, folders and globs with one or several metrics; stream CSV/JSONL rows.
 
-Exit status: 0 every image scored; 1 some inputs were skipped (listed on stderr with reasons; all
-other rows were written); 2 nothing could be done (bad arguments, no images, metric unavailable).
+Exit status: 0 every image scored; 1 some inputs were skipped (each named on stderr and in
+``<output>.errors.jsonl``; every other row was written); 2 nothing was done (bad arguments, no images,
+metric unavailable, an output that cannot be resumed) and no output file was touched; 130 interrupted
+(rows already written are kept; ``--resume`` continues).
 """
 
 from __future__ import annotations
 
 import argparse
-import csv
-import json
+import contextlib
 import os
 import sys
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import yaml
 
 from iqa_plugins.io import DEFAULT_MIN_SIDE
-from iqa_plugins.scoring import DTYPES, Failure, RowWriter, collect_images, score_files
+from iqa_plugins.scoring import DTYPES, Failure, LoadedMetric, MetricLoadError, collect_images, load_metric, score_paths
+from iqa_plugins.scoring_output import (
+    ErrorLog,
+    ExistingOutput,
+    MetricSpec,
+    OutputFormatError,
+    ScoreWriter,
+    format_for,
+    open_for_resume,
+)
+
+
+class UsageError(ValueError):
+    """A bad invocation, found before any output is touched."""
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("inputs", nargs="+", help="image files, directories (recursive) or glob patterns")
-    parser.add_argument("--metric", required=True, help="any pyiqa NR metric, e.g. drexperts, exiqa, topiq_nr")
     parser.add_argument(
-        "--metric-opt", action="append", default=[], metavar="KEY=VALUE",
-        help="keyword for pyiqa.create_metric (YAML value), e.g. pretrained_model_path=w.pth; repeatable",
+        "--metric", action="append", required=True,
+        help="any pyiqa NR metric, e.g. drexperts, exiqa, topiq_nr; repeat it or give a comma list to score "
+             "with several metrics in one pass (each image is decoded once; one column per metric)",
+    )
+    parser.add_argument(
+        "--metric-opt", action="append", default=[], metavar="[METRIC:]KEY=VALUE",
+        help="keyword for pyiqa.create_metric (YAML value), e.g. pretrained_model_path=w.pth; repeatable; "
+             "with several metrics prefix the metric: drexperts:pretrained_model_path=w.pth",
     )
     parser.add_argument("--device", default="auto", help="auto (CUDA if available), cpu, cuda, cuda:1, ...")
     parser.add_argument("--dtype", choices=sorted(DTYPES), default="fp32", help="autocast precision")
@@ -32,36 +53,95 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1), help="decoding processes")
     parser.add_argument("--format", choices=["csv", "jsonl"], help="default: from --output's suffix, else csv")
     parser.add_argument("--output", "-o", help="file to write (default: standard output)")
-    parser.add_argument("--resume", action="store_true", help="append to --output, skipping images already in it")
-    parser.add_argument("--explain", action="store_true", help="add per-distortion columns (drexperts, exiqa)")
+    parser.add_argument("--resume", action="store_true",
+                        help="continue --output: skip images already in it (same metrics and options only)")
+    parser.add_argument("--explain", action="store_true",
+                        help="add <metric>:<key> explanation columns; every --metric must have explanations "
+                             "(drexperts, exiqa)")
     parser.add_argument("--min-side", type=int, default=DEFAULT_MIN_SIDE, help="skip smaller images")
     parser.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
 
 
-def _parse_metric_opts(items: list[str]) -> dict:
-    options = {}
+def _metric_names(values: list[str]) -> list[str]:
+    names = [name.strip() for value in values for name in value.split(",")]
+    if any(not name for name in names):
+        raise UsageError(f"--metric: empty metric name in {values!r}")
+    repeated = sorted({n for n in names if names.count(n) > 1})
+    if repeated:
+        raise UsageError(f"--metric: {', '.join(repeated)} given more than once")
+    return names
+
+
+def _metric_options(items: list[str], names: list[str]) -> dict[str, dict[str, Any]]:
+    options: dict[str, dict[str, Any]] = {name: {} for name in names}
     for item in items:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise ValueError(f"--metric-opt expects KEY=VALUE, got {item!r}")
-        options[key.strip()] = yaml.safe_load(value)
+        key, sep, text = item.partition("=")
+        if not sep or not key.strip():
+            raise UsageError(f"--metric-opt expects [METRIC:]KEY=VALUE, got {item!r}")
+        metric, colon, key = key.strip().rpartition(":")
+        if colon and metric not in options:
+            raise UsageError(f"--metric-opt {item!r}: {metric!r} is not one of the --metric names {names}")
+        if not colon and len(names) > 1:
+            raise UsageError(f"--metric-opt {item!r}: with several metrics say which one, e.g. "
+                             f"--metric-opt {names[0]}:{item}")
+        try:
+            value = yaml.safe_load(text)
+        except yaml.YAMLError as error:
+            raise UsageError(f"--metric-opt {item!r}: the value is not valid YAML: "
+                             f"{str(error).splitlines()[0]}") from None
+        options[metric if colon else names[0]][key.strip()] = value
     return options
 
 
-def _already_scored(path: Path, fmt: str) -> set[str]:
-    if not path.is_file() or path.stat().st_size == 0:
-        return set()
-    with path.open(newline="") as handle:
-        if fmt == "jsonl":
-            # A line cut by an interruption is not a result: skip it and score that image again.
-            done = set()
-            for line in handle:
-                try:
-                    done.add(json.loads(line)["path"])
-                except (json.JSONDecodeError, KeyError):
-                    continue
-            return done
-        return {row["path"] for row in csv.DictReader(handle) if row.get("path") and row.get("score")}
+def _check_output(output: str | None, resume: bool) -> None:
+    if output is None:
+        if resume:
+            raise UsageError("--resume needs --output")
+        return
+    path = Path(output)
+    if path.is_dir():
+        raise UsageError(f"--output {output!r} is a directory; name a file")
+    parent = path.parent if str(path.parent) else Path(".")
+    existing = next((p for p in (parent, *parent.parents) if p.exists()), Path("."))
+    if not existing.is_dir():
+        raise UsageError(f"--output {output!r}: {str(existing)!r} is not a directory")
+    if not os.access(existing, os.W_OK) or (path.exists() and not os.access(path, os.W_OK)):
+        raise UsageError(f"--output {output!r}: not writable (permission denied)")
+
+
+@dataclass
+class _Plan:
+    fmt: str
+    names: list[str]
+    options: dict[str, dict[str, Any]]
+    requested: list[MetricSpec]
+    paths: list[str]
+    failures: list[Failure]
+    existing: ExistingOutput | None  # what --resume continues
+
+    @property
+    def appending(self) -> bool:
+        return self.existing is not None and not self.existing.empty
+
+
+def _plan(args: argparse.Namespace) -> _Plan:
+    """Everything that can be checked before a metric is built or a file written."""
+    if args.batch_size < 1:
+        raise UsageError(f"--batch-size must be >= 1, got {args.batch_size}")
+    if args.workers < 0:
+        raise UsageError(f"--workers must be >= 0, got {args.workers}")
+    if args.min_side < 1:
+        raise UsageError(f"--min-side must be >= 1, got {args.min_side}")
+    fmt = format_for(args.output, args.format)
+    names = _metric_names(args.metric)
+    options = _metric_options(args.metric_opt, names)
+    _check_output(args.output, args.resume)
+    requested = [MetricSpec(n, options[n], args.explain) for n in names]
+    paths, failures = collect_images(args.inputs)
+    existing = open_for_resume(args.output, fmt, requested) if args.resume else None
+    if existing is not None:
+        paths = [p for p in paths if p not in existing.done]
+    return _Plan(fmt, names, options, requested, paths, failures, existing)
 
 
 def _report(failures: list[Failure]) -> None:
@@ -70,71 +150,77 @@ def _report(failures: list[Failure]) -> None:
         print(f"  {failure.path}: {failure.reason}", file=sys.stderr)
 
 
-def main(args: argparse.Namespace) -> int:
-    fmt = args.format or ("jsonl" if args.output and args.output.endswith((".jsonl", ".json")) else "csv")
-    try:
-        metric_opts = _parse_metric_opts(args.metric_opt)
-    except ValueError as error:
-        print(f"iqa-plugins score: {error}", file=sys.stderr)
-        return 2
-    if args.resume and not args.output:
-        print("iqa-plugins score: --resume needs --output", file=sys.stderr)
-        return 2
-
-    paths, failures = collect_images(args.inputs)
-    if args.resume and paths:
-        done = _already_scored(Path(args.output), fmt)
-        remaining = [p for p in paths if p not in done]
-        if not remaining:
-            print(f"iqa-plugins score: all {len(paths)} image(s) already in {args.output}", file=sys.stderr)
-            return 1 if failures else 0
-        paths = remaining
-    if not paths:
-        _report(failures)
-        print("iqa-plugins score: no images to score", file=sys.stderr)
-        return 2
-
-    import pyiqa  # noqa: F401  (importing pyiqa activates the plugin's registration)
+def _device(choice: str) -> str:
     import torch
 
-    device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
+    if choice == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
     try:
-        metric = pyiqa.create_metric(args.metric, device=torch.device(device), **metric_opts)
-    except (AssertionError, KeyError) as error:
-        print(f"iqa-plugins score: unknown --metric {args.metric!r} ({error})", file=sys.stderr)
-        return 2
-    except (OSError, RuntimeError, ValueError, TypeError) as error:  # OSError: missing/undownloadable weights
-        print(f"iqa-plugins score: could not create --metric {args.metric!r}: {error}", file=sys.stderr)
-        return 2
-    if metric.metric_mode != "NR":
-        print(f"iqa-plugins score: --metric {args.metric!r} is full-reference; this command scores "
-              "without a reference (use pyiqa -r for FR metrics)", file=sys.stderr)
-        return 2
+        device = torch.device(choice)
+    except RuntimeError as error:
+        raise UsageError(f"--device {choice!r}: {error}") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UsageError(f"--device {choice!r}: CUDA is not available on this machine")
+    return choice
 
-    out = sys.stdout
-    if args.output:
-        Path(args.output).parent.mkdir(parents=True, exist_ok=True)
-        appending = args.resume and Path(args.output).is_file() and Path(args.output).stat().st_size > 0
-        out = open(args.output, "a" if appending else "w", newline="")
-    writer = RowWriter(out, fmt)
-    if fmt == "csv" and out is not sys.stdout and out.mode == "a":
-        with open(args.output, newline="") as handle:
-            writer.continue_csv(next(csv.reader(handle)))
+
+def main(args: argparse.Namespace) -> int:
     try:
-        summary = score_files(
-            paths, metric, writer,
-            batch_size=args.batch_size, num_workers=args.workers, dtype=args.dtype,
-            explain=args.explain, min_side=args.min_side, progress=not args.quiet,
-        )
-    except ValueError as error:
+        plan = _plan(args)
+        if not plan.paths:
+            if plan.failures:
+                _report(plan.failures)
+            if args.resume and plan.appending:
+                print(f"iqa-plugins score: every image is already in {args.output}", file=sys.stderr)
+                return 1 if plan.failures else 0
+            print("iqa-plugins score: no images to score", file=sys.stderr)
+            return 2
+        device = _device(args.device)
+        metrics: list[LoadedMetric] = [load_metric(n, plan.options[n], device, explain=args.explain)
+                                       for n in plan.names]
+    except (UsageError, OutputFormatError, MetricLoadError) as error:
         print(f"iqa-plugins score: {error}", file=sys.stderr)
         return 2
-    finally:
-        if out is not sys.stdout:
-            out.close()
-    failures += summary.failures
+    return _run(args, plan, metrics)
+
+
+def _run(args: argparse.Namespace, plan: _Plan, metrics: list[LoadedMetric]) -> int:
+    """Only now is the output opened: a fresh run replaces it, ``--resume`` appends to its good rows."""
+    if plan.existing is not None and plan.existing.has_cut_row:
+        plan.existing.drop_cut_row()
+        print(f"iqa-plugins score: dropped a cut last row of {args.output}; that image is scored again",
+              file=sys.stderr)
+    failures, scored = [], 0
+    with contextlib.ExitStack() as files:
+        out, errors = sys.stdout, None
+        if args.output:
+            Path(args.output).parent.mkdir(parents=True, exist_ok=True)
+            out = files.enter_context(open(args.output, "a" if plan.appending else "w", newline="", encoding="utf-8"))
+            errors = ErrorLog(args.output, append=args.resume)
+            files.callback(errors.close)
+        writer = ScoreWriter(out, plan.fmt, [m.spec for m in metrics], output=args.output,
+                             columns=plan.existing.columns if plan.appending else None)
+
+        def record(failure: Failure) -> None:
+            failures.append(failure)
+            if errors is not None:
+                errors.write(failure.path, failure.reason)
+
+        for failure in plan.failures:
+            record(failure)
+        for item in score_paths(plan.paths, metrics, batch_size=args.batch_size, num_workers=args.workers,
+                                dtype=args.dtype, min_side=args.min_side, progress=not args.quiet):
+            if isinstance(item, Failure):
+                record(item)
+                continue
+            try:
+                writer.write(item)  # encoded whole before any byte is written
+            except UnicodeEncodeError:
+                record(Failure(item["path"], "the file name is not valid UTF-8 and cannot be written as a row"))
+                continue
+            scored += 1
     if failures:
         _report(failures)
-    print(f"scored {summary.scored} image(s) with {args.metric}"
+    print(f"scored {scored} image(s) with {', '.join(plan.names)}"
           + (f" -> {args.output}" if args.output else ""), file=sys.stderr)
     return 1 if failures else 0

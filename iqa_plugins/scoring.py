@@ -1,30 +1,36 @@
-"""Batched scoring of image files with any pyiqa no-reference metric (ours included).
+"""Batched scoring of image files with one or several pyiqa no-reference metrics (ours included).
 
-Data path: collect paths -> DataLoader (workers decode; a bad file becomes a recorded failure, not an
-exception) -> group each batch by image size (only same-size images can be stacked) -> metric, or the
-arch's ``explain`` when explanations are asked for -> one row per image, written and flushed at once,
-so an interruption loses nothing already scored.
+Data path: collect paths -> DataLoader (workers decode; a bad file becomes a :class:`Failure`, never an
+exception) -> group each batch by image size (only same-size images can be stacked) -> every metric on
+the same decoded batch (or the arch's ``explain`` when explanations are asked for) -> one row per image.
+
+:func:`score_paths` is the engine-independent core: it takes paths and loaded metrics and yields rows
+and failures; writing them (``scoring_output``) and parsing the command line (``score_command``) are
+elsewhere, so another engine can call it on its own share of the paths.
 """
 
 from __future__ import annotations
 
-import csv
+import errno
 import glob
-import json
+import math
 import os
 import sys
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field
-from pathlib import Path
-from typing import IO, Any
+from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
 from iqa_plugins.io import DEFAULT_MIN_SIDE, ImageReadError, is_image_path, read_image
+from iqa_plugins.scoring_output import MetricSpec, normalise_path
 
 DTYPES = {"fp32": None, "bf16": "bfloat16", "fp16": "float16"}
 
-__all__ = ["Failure", "ScoreSummary", "collect_images", "score_files", "RowWriter"]
+# What a metric may raise on one image that it cannot handle; reported for that image, the run goes on.
+METRIC_ERRORS = (RuntimeError, ValueError, AssertionError, TypeError, IndexError, ZeroDivisionError)
+
+__all__ = ["DTYPES", "Failure", "LoadedMetric", "MetricLoadError", "collect_images", "load_metric", "score_paths"]
 
 
 @dataclass(frozen=True)
@@ -33,42 +39,148 @@ class Failure:
     reason: str
 
 
+class MetricLoadError(ValueError):
+    """A metric could not be built (unknown name, bad options, missing weights, full-reference)."""
+
+
 @dataclass
-class ScoreSummary:
-    scored: int = 0
-    failures: list[Failure] = field(default_factory=list)
+class LoadedMetric:
+    """A built pyiqa ``InferenceModel`` and how its columns are to be filled."""
+
+    spec: MetricSpec
+    model: Any
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
 
 
-def _walk(directory: Path) -> list[Path]:
-    return sorted(p for p in directory.rglob("*") if p.is_file() and is_image_path(p))
+def has_explanations(model: Any) -> bool:
+    return callable(getattr(getattr(model, "net", None), "explain", None))
+
+
+def load_metric(name: str, options: dict[str, Any], device: str, *, explain: bool = False) -> LoadedMetric:
+    """Build ``name`` with ``options`` on ``device``; every failure becomes a :class:`MetricLoadError`."""
+    import pyiqa
+    import torch
+
+    try:
+        model = pyiqa.create_metric(name, device=torch.device(device), **options)
+    except (AssertionError, KeyError) as error:
+        if name not in pyiqa.list_models():
+            raise MetricLoadError(f"unknown --metric {name!r} (see pyiqa -ls)") from None
+        raise MetricLoadError(f"could not create --metric {name!r}: {error}") from None
+    except TypeError as error:
+        raise MetricLoadError(f"--metric {name!r} does not accept the --metric-opt given "
+                              f"({sorted(options)}): {error}") from None
+    except (OSError, RuntimeError, ValueError, ImportError) as error:  # OSError: missing weights
+        raise MetricLoadError(f"could not create --metric {name!r}: {error}") from None
+    if model.metric_mode != "NR":
+        raise MetricLoadError(f"--metric {name!r} is full-reference; this command scores without a "
+                              "reference (use pyiqa -r for FR metrics)")
+    if explain and not has_explanations(model):
+        raise MetricLoadError(f"--explain: metric {name!r} has no explanations (only metrics whose arch has "
+                              "explain(), e.g. drexperts and exiqa)")
+    spec = MetricSpec(name, options, explain, _score_range(model.score_range), bool(model.lower_better))
+    return LoadedMetric(spec, model)
+
+
+def _score_range(text: Any) -> list[float] | None:
+    """pyiqa's ``score_range`` ("0, 100", "~0, ~1 (note)") as [lo, hi]; None when it gives no two numbers."""
+    parts = str(text).split("(")[0].replace("~", "").split(",")
+    try:
+        low, high = (float(p) for p in parts)
+    except ValueError:
+        return None
+    return [low, high]
+
+
+# ----------------------------------------------------------------------------------------------------------
+# finding the images
+
+
+def _stat_failure(path: str) -> str | None:
+    """Why a path that looks like a file cannot be read (dangling or looping symlink), or None."""
+    try:
+        os.stat(path)
+    except OSError as error:
+        if error.errno == errno.ELOOP:
+            return "symlink loop (the link resolves to itself)"
+        if os.path.islink(path):
+            return f"dangling symlink (points to {os.readlink(path)!r}, which does not exist)"
+        return f"cannot read: {error.strerror}"
+    return None
+
+
+def _walk(directory: str, failures: list[Failure]) -> list[str]:
+    """Image files under ``directory``, following directory symlinks once; loops, dangling links and
+    unreadable folders become failures instead of being skipped in silence."""
+    found: list[str] = []
+    seen = {os.path.realpath(directory)}
+
+    def unreadable(error: OSError) -> None:
+        failures.append(Failure(error.filename or directory, f"cannot list folder: {error.strerror}"))
+
+    for root, dirs, files in os.walk(directory, onerror=unreadable, followlinks=True):
+        for name in list(dirs):
+            sub = os.path.join(root, name)
+            real = os.path.realpath(sub)
+            if real in seen:
+                dirs.remove(name)
+                failures.append(Failure(sub, f"symlink loop (links back to {real}); not followed"))
+            else:
+                seen.add(real)
+        dirs.sort()
+        for name in sorted(files):
+            path = os.path.join(root, name)
+            if not is_image_path(path):
+                continue
+            reason = _stat_failure(path)
+            if reason is None:
+                found.append(path)
+            else:
+                failures.append(Failure(path, reason))
+    return found
 
 
 def collect_images(inputs: Iterable[str]) -> tuple[list[str], list[Failure]]:
-    """Expand files, directories (recursively) and glob patterns into a sorted, de-duplicated list.
+    """Expand files, directories (recursively) and glob patterns into a sorted, de-duplicated list of
+    normalised paths (see ``scoring_output.normalise_path``).
 
-    A path that does not exist, a glob that matches nothing and a directory without images are
-    returned as failures, so the caller can report them next to unreadable files.
+    A path that does not exist, a glob that matches nothing, a directory without images, a dangling
+    symlink, a symlink loop and an unreadable folder are returned as failures.
     """
     found: list[str] = []
     failures: list[Failure] = []
     for item in inputs:
-        path = Path(item).expanduser()
-        if path.is_dir():
-            images = _walk(path)
-            if not images:
+        path = os.path.expanduser(item)
+        if os.path.isdir(path):
+            before = len(failures)
+            images = _walk(path, failures)
+            if not images and len(failures) == before:
                 failures.append(Failure(item, "directory contains no image files"))
-            found.extend(str(p) for p in images)
-        elif path.is_file():
-            found.append(str(path))  # named explicitly: try it whatever its extension
+            found.extend(images)
+        elif os.path.isfile(path):
+            found.append(path)  # named explicitly: try it whatever its extension
+        elif os.path.islink(path):
+            failures.append(Failure(item, _stat_failure(path) or "unreadable symlink"))
         elif glob.has_magic(item):
-            matches = sorted(glob.glob(os.path.expanduser(item), recursive=True))
-            images = [m for m in matches if Path(m).is_file() and is_image_path(m)]
+            images = []
+            for match in sorted(glob.glob(path, recursive=True)):
+                if os.path.isfile(match) and is_image_path(match):
+                    images.append(match)
+                elif os.path.islink(match) and is_image_path(match):
+                    failures.append(Failure(match, _stat_failure(match) or "unreadable symlink"))
             if not images:
                 failures.append(Failure(item, "pattern matches no image files"))
             found.extend(images)
         else:
             failures.append(Failure(item, "no such file or directory"))
-    return list(dict.fromkeys(found)), failures
+    return sorted(dict.fromkeys(normalise_path(p) for p in found)), failures
+
+
+# ----------------------------------------------------------------------------------------------------------
+# decoding
 
 
 class _ImageFiles:
@@ -88,37 +200,13 @@ class _ImageFiles:
             array = read_image(self.paths[index], min_side=self.min_side)
         except ImageReadError as error:
             return index, None, error.reason
+        except Exception as error:  # noqa: BLE001  one odd file (a decoder bug, MemoryError) must not end the run
+            return index, None, f"could not read image: {type(error).__name__}: {error}"
         return index, torch.from_numpy(np.ascontiguousarray(array.transpose(2, 0, 1))), None
 
 
 def _collate(items):
     return items  # images differ in size; grouping happens in the main process
-
-
-class RowWriter:
-    """Streams result rows as CSV or JSON lines; flushes after every row."""
-
-    def __init__(self, stream: IO[str], fmt: str) -> None:
-        if fmt not in ("csv", "jsonl"):
-            raise ValueError(f"--format must be 'csv' or 'jsonl', got {fmt!r}")
-        self.stream = stream
-        self.fmt = fmt
-        self._csv: csv.DictWriter | None = None
-
-    def continue_csv(self, fieldnames: list[str]) -> None:
-        """Append to a CSV that already has its header (``--resume``)."""
-        self._csv = csv.DictWriter(self.stream, fieldnames=fieldnames, extrasaction="ignore")
-
-    def write(self, row: dict[str, Any]) -> None:
-        if self.fmt == "jsonl":
-            self.stream.write(json.dumps(row) + "\n")
-        else:
-            if self._csv is None:
-                # Columns are fixed by the first row (the metric's explanation names are known then).
-                self._csv = csv.DictWriter(self.stream, fieldnames=list(row), extrasaction="ignore")
-                self._csv.writeheader()
-            self._csv.writerow(row)
-        self.stream.flush()
 
 
 def _group_by_size(items) -> Iterator[tuple[list[int], list]]:
@@ -130,6 +218,10 @@ def _group_by_size(items) -> Iterator[tuple[list[int], list]]:
     yield from groups.values()
 
 
+# ----------------------------------------------------------------------------------------------------------
+# scoring
+
+
 def _explanation_columns(explanation: dict) -> dict[str, Any]:
     per = explanation.get("per_distortion")
     if not isinstance(per, dict):
@@ -137,23 +229,57 @@ def _explanation_columns(explanation: dict) -> dict[str, Any]:
     return per
 
 
-def score_files(
+def _metric_columns(metric: LoadedMetric, batch) -> dict[str, list[float]]:
+    """Score column and explanation columns of one metric for a batch, as Python floats per image."""
+    if metric.spec.explain:
+        explanation = metric.model.net.explain(batch)
+        scores = explanation["score"]
+        extra = {f"{metric.name}:{k}": v for k, v in _explanation_columns(explanation).items()}
+    else:
+        scores, extra = metric.model(batch), {}
+    n = batch.shape[0]
+    columns = {metric.name: scores.float().reshape(n, -1)[:, 0].cpu().tolist()}
+    columns.update({k: v.float().reshape(n).cpu().tolist() for k, v in extra.items()})
+    return columns
+
+
+def _rows(paths: list[str], metrics: list[LoadedMetric], batch) -> Iterator[dict[str, Any] | Failure]:
+    columns: dict[str, list[float]] = {}
+    for metric in metrics:
+        columns.update(_metric_columns(metric, batch))
+    for i, path in enumerate(paths):
+        row = {"path": path, **{name: values[i] for name, values in columns.items()}}
+        bad = [name for name, value in row.items() if name != "path" and not math.isfinite(value)]
+        if bad:
+            yield Failure(path, f"metric gave a non-finite value ({', '.join(f'{b}={row[b]}' for b in bad)})")
+        else:
+            yield row
+
+
+def _score_group(paths: list[str], metrics: list[LoadedMetric], batch) -> Iterator[dict[str, Any] | Failure]:
+    try:
+        yield from list(_rows(paths, metrics, batch))
+    except METRIC_ERRORS as error:
+        if len(paths) == 1:
+            yield Failure(paths[0], f"metric failed: {type(error).__name__}: {error}")
+            return
+        # One image the metric cannot handle must not cost the others in its batch: score them one by one.
+        for i, path in enumerate(paths):
+            yield from _score_group([path], metrics, batch[i:i + 1])
+
+
+def score_paths(
     paths: list[str],
-    metric,
-    writer: RowWriter,
+    metrics: list[LoadedMetric],
     *,
     batch_size: int = 8,
     num_workers: int = 0,
     dtype: str = "fp32",
-    explain: bool = False,
     min_side: int = DEFAULT_MIN_SIDE,
-    progress: bool = True,
-) -> ScoreSummary:
-    """Score ``paths`` with a pyiqa ``InferenceModel`` and stream one row per image to ``writer``.
-
-    ``explain=True`` calls ``metric.net.explain`` (DR.Experts, ExIQA) and adds its per-distortion
-    values as columns; for other metrics it is an error.
-    """
+    progress: bool = False,
+) -> Iterator[dict[str, Any] | Failure]:
+    """Decode each image once, score it with every metric, yield its row (path, score per metric,
+    explanation columns) or a :class:`Failure` naming the file and the reason."""
     import torch
     from torch.utils.data import DataLoader
     from tqdm import tqdm
@@ -162,53 +288,23 @@ def score_files(
         raise ValueError(f"--batch-size must be >= 1, got {batch_size}")
     if dtype not in DTYPES:
         raise ValueError(f"--dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
-    net = metric.net
-    if explain and not callable(getattr(net, "explain", None)):
-        raise ValueError(f"metric {metric.metric_name!r} has no explanations (no explain() on its arch)")
-
-    device = torch.device(metric.device) if not isinstance(metric.device, torch.device) else metric.device
-    autocast = (
-        torch.autocast(device.type, dtype=getattr(torch, DTYPES[dtype]))
-        if DTYPES[dtype]
-        else torch.autocast(device.type, enabled=False)
-    )
-    loader = DataLoader(
-        _ImageFiles(paths, min_side),
-        batch_size=batch_size,
-        num_workers=num_workers,
-        collate_fn=_collate,
-        pin_memory=device.type == "cuda",
-    )
-    summary = ScoreSummary()
+    if not metrics:
+        raise ValueError("no metric to score with")
+    device = torch.device(metrics[0].model.device)
+    autocast = (torch.autocast(device.type, dtype=getattr(torch, DTYPES[dtype])) if DTYPES[dtype]
+                else torch.autocast(device.type, enabled=False))
+    loader = DataLoader(_ImageFiles(paths, min_side), batch_size=batch_size, num_workers=num_workers,
+                        collate_fn=_collate, pin_memory=device.type == "cuda")
     bar = tqdm(total=len(paths), unit="img", disable=not progress, file=sys.stderr)
-    with torch.inference_mode(), autocast:
-        for items in loader:
-            for index, _, reason in items:
-                if reason is not None:
-                    summary.failures.append(Failure(paths[index], reason))
-            good = [item for item in items if item[2] is None]
-            for indices, tensors in _group_by_size(good):
-                batch = torch.stack(tensors).to(device, non_blocking=True)
-                columns: dict[str, Any] = {}
-                try:
-                    if explain:
-                        explanation = net.explain(batch)
-                        scores = explanation["score"]
-                        columns = _explanation_columns(explanation)
-                    else:
-                        scores = metric(batch)
-                except (RuntimeError, ValueError, AssertionError) as error:
-                    # e.g. an image the metric cannot handle; report it and keep the rest of the run
-                    for index in indices:
-                        summary.failures.append(Failure(paths[index], f"metric failed: {error}"))
-                    continue
-                scores = scores.float().reshape(len(indices), -1)[:, 0].cpu().tolist()
-                columns = {k: v.float().reshape(-1).cpu().tolist() for k, v in columns.items()}
-                for row_index, index in enumerate(indices):
-                    row = {"path": paths[index], "score": scores[row_index]}
-                    row.update({name: values[row_index] for name, values in columns.items()})
-                    writer.write(row)
-                    summary.scored += 1
-            bar.update(len(items))
-    bar.close()
-    return summary
+    try:
+        with torch.inference_mode(), autocast:
+            for items in loader:
+                for index, _, reason in items:
+                    if reason is not None:
+                        yield Failure(paths[index], reason)
+                for indices, tensors in _group_by_size([item for item in items if item[2] is None]):
+                    batch = torch.stack(tensors).to(device, non_blocking=True)
+                    yield from _score_group([paths[i] for i in indices], metrics, batch)
+                bar.update(len(items))
+    finally:
+        bar.close()

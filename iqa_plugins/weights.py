@@ -112,6 +112,8 @@ def resolve_weights(
     """
     if path is not None:
         explicit = Path(path).expanduser()
+        if explicit.is_dir():
+            raise FileNotFoundError(f"pretrained_model_path={str(path)!r} is a folder, not a checkpoint file.")
         if not explicit.is_file():
             raise FileNotFoundError(f"pretrained_model_path={str(path)!r}: no such file.")
         return explicit

@@ -19,11 +19,12 @@ weights depend on them):
 
 Two paths give the same score. ``literal`` runs the above as written (all 577 query rows, materialised
 attention matrices, the text tower per call when it is present). ``fast`` (default) computes only what
-reaches the score: the CLS row of every expert (M=1 query against 577 keys through the fused
-``iqa_plugins.kernels.diff_attention`` op), the key projections folded into the queries
-(``q.(W k + b) = (W^T q).k + q.b`` and softmax ignores the per-row constant ``q.b``), the value projection
-applied after the attention (the attention rows sum to ``1 - alpha``), the shared grid keys normalised once,
-the precomputed text features, and only row 0 of the FFN and of the weight generator.
+reaches the score: the CLS row of every expert (M=1 query against 577 keys) in one call of the fused
+``iqa_plugins.kernels.diff_attention`` op with the ten experts stacked as its heads (host work per crop is
+one launch, not ten), the key projections folded into the queries (``q.(W k + b) = (W^T q).k + q.b`` and
+softmax ignores the per-row constant ``q.b``), the value projection applied after the attention (the
+attention rows sum to ``1 - alpha``), the shared grid keys normalised once, the precomputed text features,
+and only row 0 of the FFN and of the weight generator.
 """
 
 from __future__ import annotations
@@ -56,6 +57,7 @@ from iqa_plugins.archs.drexperts_convert import (
     Converted,
     read_checkpoint,
 )
+from iqa_plugins.archs.input_check import check_image_batch
 from iqa_plugins.kernels import diff_attention
 from iqa_plugins.weights import WeightsSpec, resolve_weights
 
@@ -320,20 +322,13 @@ class DRExperts(nn.Module):
     # ------------------------------------------------------------------------------------------------------
     # the test-time protocol
 
+    def check_input(self, x: Any, *, value_range: bool = True, as_loss: bool = False) -> Tensor:
+        """The metric's input check (pyiqa's is routed here): see ``archs.input_check``."""
+        return check_image_batch(x, "DR.Experts", value_range=value_range, as_loss=as_loss)
+
     def _check(self, x: Any) -> Tensor:
-        if not isinstance(x, Tensor):
-            raise TypeError(f"DR.Experts: x must be a torch.Tensor, got {type(x).__name__}")
-        if not x.is_floating_point():
-            raise TypeError(f"DR.Experts: x must be a float tensor with values in [0, 1], got dtype {x.dtype}")
-        if x.dim() != 4:
-            raise ValueError(f"DR.Experts: x must be (N, C, H, W), got shape {tuple(x.shape)}")
-        if x.shape[1] == 1:
-            x = x.expand(-1, 3, -1, -1)
-        elif x.shape[1] != 3:
-            raise ValueError(f"DR.Experts: x must have 1 or 3 channels, got {x.shape[1]} (shape {tuple(x.shape)})")
-        if x.shape[0] == 0 or x.shape[2] == 0 or x.shape[3] == 0:
-            raise ValueError(f"DR.Experts: x is empty, shape {tuple(x.shape)}")
-        return x
+        # any float precision in; the model computes in its own (autocast still applies inside)
+        return check_image_batch(x, "DR.Experts").to(self.imagenet_mean.dtype)
 
     def _prepared(self, x: Tensor) -> tuple[Tensor, list[tuple[int, int]]]:
         """Resized (and if needed upscaled) image and the crop offsets of the protocol."""
@@ -411,37 +406,57 @@ class DRExperts(nn.Module):
 
     def _fast(self, crops: Tensor, details: bool = False) -> dict[str, Tensor]:
         feats, experts, hiddens = self._shared(crops, literal=False)
-        dsdm, dim = self.dsdm, self.embed_dim
-        grid_keys = self.norm3_hidden_feature(self._grid_tokens(hiddens[-1]))  # the same for every expert
+        return self._expert_stage(feats, experts, hiddens[-1], details)
+
+    def _expert_stage(self, feats: Tensor, experts: Tensor, hidden: Tensor, details: bool = False) -> dict[str, Tensor]:
+        """Fast path after the backbone and the controller: backbone tokens F (B, N, D), expert tokens F_D
+        (B, E, D) and the controller's last zero-module output -> "score" (B,), "weights" (B, E) and, with
+        details, "attention" (B, E, N): the refined CLS attention (softmax1 - alpha softmax2) per expert."""
+        rows, (q1, keys1, q2, values, scale) = self._expert_attention(feats, experts, hidden)
+        result = self._expert_head(feats, experts, rows)
+        if details:
+            p1 = torch.softmax((keys1 @ q1.transpose(-1, -2)).squeeze(-1) * scale, dim=-1)
+            p2 = torch.softmax((values @ q2.transpose(-1, -2)).squeeze(-1) * scale, dim=-1)
+            result["attention"] = p1 - self.dsdm.alpha * p2
+        return result
+
+    def _expert_attention(self, feats: Tensor, experts: Tensor, hidden: Tensor) -> tuple[Tensor, tuple]:
+        """CLS rows of the ten DSDM attentions before W_v, (B, E, D), in one op call with the experts as heads;
+        also the call's (q1, keys1, q2, values, scale)."""
+        dsdm = self.dsdm
+        n_experts = experts.shape[1]
+        grid_keys = self.norm3_hidden_feature(self._grid_tokens(hidden))  # the same for every expert
         expert_keys = self.norm3_hidden_feature(experts)
-        # Key projections folded into the queries (the dropped q.b term is constant along each softmax row).
-        q1 = dsdm.W_q1(experts) @ dsdm.W_k1.weight
-        scale = 1.0 / math.sqrt(dim)
-        rows, maps, current = [], [], feats
-        for i in range(experts.shape[1]):
+        # Expert i's values (and second keys) are norm_vit applied i+1 times to F, as the authors' loop
+        # reassigns it: the iterates are the heads.
+        iterates, current = [], feats
+        for _ in range(n_experts):
             current = self.norm_vit(current)
-            q2 = dsdm.W_q2(current[:, :1]) @ dsdm.W_k2.weight
-            dtype = q2.dtype
-            k1 = torch.cat([expert_keys[:, i:i + 1], grid_keys], dim=1).to(dtype)
-            values = current.to(dtype)[:, None]
-            out = diff_attention(q1[:, i:i + 1, None].to(dtype), k1[:, None], q2[:, None], values, values,
-                                 dsdm.alpha, scale=scale)
-            rows.append(out[:, 0, 0])
-            if details:
-                p1 = torch.softmax((k1 @ q1[:, i, :, None].to(dtype)).squeeze(-1) * scale, dim=-1)
-                p2 = torch.softmax((values[:, 0] @ q2[:, 0, :, None]).squeeze(-1) * scale, dim=-1)
-                maps.append(p1 - dsdm.alpha * p2)
+            iterates.append(current)
+        values = torch.stack(iterates, dim=1)  # (B, E, N, D)
+        # Key projections folded into the queries (the dropped q.b term is constant along each softmax row).
+        q2 = dsdm.W_q2(values[:, :, :1]) @ dsdm.W_k2.weight  # (B, E, 1, D)
+        dtype = q2.dtype
+        q1 = (dsdm.W_q1(experts) @ dsdm.W_k1.weight).to(dtype)[:, :, None]
+        values = values.to(dtype)
+        keys1 = torch.cat([expert_keys[:, :, None], grid_keys[:, None].expand(-1, n_experts, -1, -1)], dim=2)
+        keys1 = keys1.to(dtype)
+        scale = 1.0 / math.sqrt(self.embed_dim)
+        # alpha stays the 0-d parameter: the op broadcasts it to (B, E) as a view.
+        rows = diff_attention(q1, keys1, q2, values, values, dsdm.alpha, scale=scale)[:, :, 0]
+        return rows, (q1, keys1, q2, values, scale)
+
+    def _expert_head(self, feats: Tensor, experts: Tensor, rows: Tensor) -> dict[str, Tensor]:
+        """W_v, FFN, DDWM and score on the experts' attention rows (B, E, D) (CLS only)."""
+        dsdm, dim = self.dsdm, self.embed_dim
         alpha = dsdm.alpha
         w_expert, w_feat = dsdm.W_v.weight.split(dim, dim=1)
         # W_v([F_D ; F]) after attention rows summing to 1 - alpha: the F_D half and the bias scale by 1 - alpha.
-        refined = (1 - alpha) * F.linear(experts, w_expert, dsdm.W_v.bias) + torch.stack(rows, 1) @ w_feat.t()
+        refined = (1 - alpha) * F.linear(experts, w_expert, dsdm.W_v.bias) + rows @ w_feat.t()
         grouped = self.group_attn_ffn(self.attn_norm(refined)) * (1 - self.lamda_init)
         cls = feats[:, 0]
         weights = self.ddwm(grouped, cls[:, None].expand_as(grouped)).squeeze(-1)  # (B, E)
-        result = {"score": self.score(cls * weights.sum(dim=1, keepdim=True)).squeeze(-1), "weights": weights}
-        if details:
-            result["attention"] = torch.stack(maps, dim=1)  # (B, E, 1 + g*g): refined CLS attention per expert
-        return result
+        return {"score": self.score(cls * weights.sum(dim=1, keepdim=True)).squeeze(-1), "weights": weights}
 
     # ------------------------------------------------------------------------------------------------------
     # explanations

@@ -48,6 +48,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from iqa_plugins.archs.crops import crop_offsets, upscale_to_min_side
+from iqa_plugins.archs.input_check import check_image_batch
 from iqa_plugins.kernels import attribute_scores
 from iqa_plugins.weights import (
     WeightsNotFoundError,
@@ -573,16 +574,15 @@ class ExIQA(nn.Module):
     def distortion_names(self) -> list[str]:
         return list(self.attribute_set.distortion_names)
 
+    def check_input(self, x: Any, *, value_range: bool = True, as_loss: bool = False) -> torch.Tensor:
+        """The metric's input check (pyiqa's is routed here): see ``archs.input_check``."""
+        return check_image_batch(x, "ExIQA", value_range=value_range, as_loss=as_loss)
+
     def preprocess(self, x: torch.Tensor) -> torch.Tensor:
         """(N, 1 or 3, H, W) RGB in [0, 1] -> CLIP-normalised views (V, N, 3, S, S) under the config's input
         protocol: V = 1 resized central square ("resize"), or V = num_crops crops ("crops"; V = 1 for an
         image that is exactly one crop)."""
-        if not isinstance(x, torch.Tensor) or x.dim() != 4 or x.shape[1] not in (1, 3):
-            shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
-            raise ValueError(f"ExIQA input x must be a (N, 3, H, W) or (N, 1, H, W) tensor, got {shape}")
-        x = x.to(self.pixel_mean.dtype)
-        if x.shape[1] == 1:
-            x = x.expand(-1, 3, -1, -1)
+        x = check_image_batch(x, "ExIQA").to(self.pixel_mean.dtype)
         size = int(self.config["image_size"])
         if self.config["input"] == "resize":
             views = resize_center_crop(x, size)[None]

@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import errno
 import hashlib
 import io
 import json
@@ -430,8 +431,13 @@ def generate_dataset(
 
     sources = _list_pristine(Path(input_dir))
     out = Path(output_dir)
-    (out / "images").mkdir(parents=True, exist_ok=True)
-    (out / "records").mkdir(parents=True, exist_ok=True)
+    try:
+        (out / "images").mkdir(parents=True, exist_ok=True)
+        (out / "records").mkdir(parents=True, exist_ok=True)
+        if not os.access(out, os.W_OK) or not os.access(out / "images", os.W_OK):
+            raise PermissionError(errno.EACCES, "Permission denied", str(out))
+    except OSError as error:
+        raise GeneratorError(f"output_dir {str(out)!r} cannot be written: {error.strerror or error}") from None
     settings = {
         "format_version": _FORMAT_VERSION,
         "variants": variants,
@@ -441,7 +447,13 @@ def generate_dataset(
     }
     config_path = out / "config.json"
     if config_path.exists():
-        previous = json.loads(config_path.read_text("utf-8"))
+        try:
+            previous = json.loads(config_path.read_text("utf-8"))
+        except (OSError, ValueError) as error:
+            raise GeneratorError(
+                f"{str(config_path)!r} is unreadable or not JSON ({error}); it records the settings of the "
+                "images in that folder: restore it, or generate into another folder"
+            ) from None
         if previous != settings:
             raise GeneratorError(
                 f"output_dir {str(out)!r} was generated with {previous}, not {settings}: use another folder"

@@ -14,11 +14,14 @@ Examples::
 from __future__ import annotations
 
 import argparse
+import csv
 import logging
 import sys
 from pathlib import Path
 from typing import Any
 
+from iqa_plugins.io import require_readable
+from iqa_plugins.split_files import load_splits
 from iqa_plugins.train.options import (
     OptionsError,
     apply_overrides,
@@ -30,6 +33,8 @@ from iqa_plugins.train.options import (
 )
 
 MODELS = ("drexperts", "exiqa")
+# pyiqa data set types whose images are dataroot_target/<first column of the meta CSV>
+FLAT_NR_DATASETS = ("GeneralNRDataset", "LIVEChallengeDataset")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -96,12 +101,20 @@ def build_options(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _check_paths(opt: dict[str, Any]) -> None:
+    """Check the data before an experiment folder is made: paths exist, split files are safe to unpickle
+    (pyiqa loads them with plain pickle), every listed image decodes."""
     for phase, dataset in opt["datasets"].items():
         for key in ("dataroot_target", "meta_info_file"):
             if dataset.get(key) and not Path(dataset[key]).exists():
                 raise OptionsError(
                     f"datasets.{phase}.{key}: {dataset[key]!r} does not exist (use --dataroot / --meta-info)"
                 )
+        if dataset.get("split_file"):
+            load_splits(dataset["split_file"])
+        if dataset.get("type") in FLAT_NR_DATASETS and dataset.get("dataroot_target") and dataset.get("meta_info_file"):
+            with open(dataset["meta_info_file"], newline="", encoding="utf-8") as handle:
+                names = [row[0] for row in list(csv.reader(handle))[1:] if row]
+            require_readable([Path(dataset["dataroot_target"]) / n for n in names], f"datasets.{phase}")
 
 
 def train_drexperts(args: argparse.Namespace) -> int:

@@ -377,17 +377,17 @@ def main(args: argparse.Namespace) -> int:
     for metric in ("drexperts", "exiqa"):
         rows = score_command_rows(metric, images, out / f"scores_{metric}.csv", env)
         names = [Path(r["path"]).name for r in rows]
-        cli = _correlations([float(r["score"]) for r in rows], [labels[n] for n in names])
+        cli = _correlations([float(r[metric]) for r in rows], [labels[n] for n in names])
         via_pyiqa = _correlations([pyiqa_scores[metric][n] for n in names], [labels[n] for n in names])
         summary["models"][metric] = {"iqa_plugins_score": cli, "pyiqa_command": via_pyiqa,
                                      "scores_csv": str(out / f"scores_{metric}.csv")}
-        explain_cols = [c for c in rows[0] if c not in ("path", "score")]
+        explain_cols = [c for c in rows[0] if c not in ("path", metric)]
         print(f"\n  {metric}: held-out SRCC {cli['srcc']:.3f} PLCC {cli['plcc']:.3f} over {cli['n']} images "
               f"(pyiqa command: SRCC {via_pyiqa['srcc']:.3f} PLCC {via_pyiqa['plcc']:.3f})")
         print(f"  {'image':<28} {'label':>6} {'score':>8}  top explanation columns")
         for row, name in list(zip(rows, names))[:6]:
             top = sorted(explain_cols, key=lambda c: -float(row[c]))[:3]
-            print(f"  {name:<28} {labels[name]:6.3f} {float(row['score']):8.3f}  "
+            print(f"  {name:<28} {labels[name]:6.3f} {float(row[metric]):8.3f}  "
                   + ", ".join(f"{c}={float(row[c]):.2f}" for c in top))
     t = lap("iqa-plugins score --explain for both metrics", t)
     for metric, figures in summary["models"].items():

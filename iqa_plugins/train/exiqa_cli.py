@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import csv
 import json
-import pickle
 import sys
 from pathlib import Path
 from typing import Any
@@ -20,6 +19,8 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
 
+from iqa_plugins.io import require_readable
+from iqa_plugins.split_files import split_rows
 from iqa_plugins.train.exiqa_presets import (
     DEFAULT_PHASE1_EPOCHS,
     DEFAULT_PHASE2_EPOCHS,
@@ -96,8 +97,7 @@ def _rows(data: Path, split_index: int, phase: str) -> list[int] | None:
     split_file = data / "split.pkl"
     if not split_file.is_file():
         return None
-    with split_file.open("rb") as handle:
-        return pickle.load(handle)[split_index][phase]  # our generator's own file
+    return split_rows(split_file, split_index, phase)  # untrusted like any data file: no code runs
 
 
 def _clip_kwargs(args: argparse.Namespace, cfg: dict[str, Any]) -> dict[str, Any]:
@@ -167,10 +167,10 @@ def run_phase(args: argparse.Namespace) -> dict[str, Any] | None:
     preset = get_preset(args.preset) if args.preset else None
     rank, world = init_distributed(args.launcher)
     device = "cuda" if args.device != "cpu" and torch.cuda.is_available() else "cpu"
+    held_out = "test" if (_rows(args.data, args.split_index, "test") or []) else "val"  # data checked first
     model = _model(args, preset).to(device)
     size = int(model.config["image_size"])
     crops = model.config["input"] == "crops"
-    held_out = "test" if (_rows(args.data, args.split_index, "test") or []) else "val"
     quiet = getattr(args, "quiet", False)
 
     def dataset(phase: str, train: bool) -> tuple[Dataset, bool]:
@@ -186,6 +186,8 @@ def run_phase(args: argparse.Namespace) -> dict[str, Any] | None:
                                            random_crops=learns_from_crops)
         else:
             data = MOSDataset(args.data / args.meta_csv, args.data / "images", rows, None if whole else size)
+        images = data.images if args.phase == 1 else [path for path, _ in data.items]
+        require_readable(images, f"--data {str(args.data)!r} ({phase} images)")
         return data, whole
 
     train_set, whole = dataset("train", True)

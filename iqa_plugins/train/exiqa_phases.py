@@ -20,7 +20,6 @@ from __future__ import annotations
 import csv
 import math
 import os
-import pickle
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -36,6 +35,7 @@ from torch.utils.data import DataLoader, Dataset, TensorDataset
 from iqa_plugins.archs.crops import upscale_to_min_side
 from iqa_plugins.archs.exiqa_arch import ExIQA, resize_center_crop
 from iqa_plugins.io import read_image
+from iqa_plugins.split_files import split_rows
 from iqa_plugins.train.progress import TrainingProgress
 
 __all__ = [
@@ -106,12 +106,7 @@ class StrengthsDataset(Dataset):
             split_file = self.root / "split.pkl"
             if not split_file.is_file():
                 raise FileNotFoundError(f"StrengthsDataset: phase={phase!r} needs {str(split_file)!r}")
-            with open(split_file, "rb") as handle:
-                splits = pickle.load(handle)  # written by our own generator next to the CSV
-            try:
-                indices = splits[split_index][phase]
-            except (KeyError, TypeError):
-                raise ValueError(f"{str(split_file)!r} has no split {split_index!r} / phase {phase!r}") from None
+            indices = split_rows(split_file, split_index, phase)  # no code runs from a data folder
             rows = [rows[i] for i in indices]
         self.images = [self.root / image_dir / r["image"] for r in rows]
         self.strengths = torch.tensor([[float(r[s]) for s in distortion_slugs] for r in rows], dtype=torch.float32)

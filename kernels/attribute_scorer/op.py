@@ -8,11 +8,12 @@ says so once per process.
 from __future__ import annotations
 
 import warnings
+import weakref
 
 import torch
 
 from .reference import attribute_scores_reference
-from .validation import check_inputs
+from .validation import check_group_values, check_inputs
 
 try:
     from . import _C  # noqa: F401  (loading the library registers iqa_plugins::attribute_scores)
@@ -26,6 +27,13 @@ except ImportError as exc:  # not built (IQA_PLUGINS_NO_EXT=1, no compiler) or b
 OP_NAME = "iqa_plugins::attribute_scores"
 _NORM_EPS = 1e-12  # same as torch.nn.functional.normalize and the C++ kernel
 _fallback_reported = False
+# Device types whose compiled kernel rejects out-of-range group_index values itself with a clean error (the CPU
+# loop does). Elsewhere (CUDA) a bad value could only trip a device-side assert, a sticky error that leaves the
+# process's CUDA context unusable, so the wrapper checks the values on the host before the launch.
+KERNEL_CHECKS_GROUP_VALUES = frozenset({"cpu"})
+# The last group_index found valid: (weak reference, version counter, num_groups). ExIQA passes the same buffer
+# every call, so the host read (a device synchronisation) happens once, again only after an in-place change.
+_validated_groups: tuple[weakref.ref, int, int] | None = None
 
 
 # Which device types have a compiled kernel, looked up once (torch.compile cannot trace the lookup).
@@ -66,6 +74,33 @@ def _report_fallback(device_type: str) -> None:
     )
 
 
+def _check_group_values_once(group_index: torch.Tensor, num_groups: int) -> None:
+    """check_group_values, skipped when this very tensor, unchanged since, passed it with this num_groups."""
+    global _validated_groups
+    tracked = not group_index.is_inference()  # inference tensors have no version counter
+    if tracked and _validated_groups is not None:
+        ref, version, groups = _validated_groups
+        if ref() is group_index and version == group_index._version and groups == num_groups:
+            return
+    check_group_values(group_index, num_groups)
+    if tracked:
+        _validated_groups = (weakref.ref(group_index), group_index._version, num_groups)
+
+
+def _launch(
+    image_emb: torch.Tensor, text_diff: torch.Tensor, group_index: torch.Tensor, weight_logits: torch.Tensor,
+    scale: float, num_groups: int, normalize: bool,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    try:
+        return torch.ops.iqa_plugins.attribute_scores.default(
+            image_emb, text_diff, group_index, weight_logits, float(scale), int(num_groups), bool(normalize)
+        )
+    except RuntimeError as exc:  # value errors found by the CPU kernel (group_index range)
+        if "group_index values" in str(exc):
+            raise ValueError(str(exc).splitlines()[0]) from exc
+        raise
+
+
 def attribute_scores(
     image_emb: torch.Tensor,
     text_pos: torch.Tensor,
@@ -96,7 +131,9 @@ def attribute_scores(
         Same dtype as image_emb; float16/bfloat16 are computed in float32.
 
     Differentiable in image_emb, text_pos, text_neg and weight_logits. Raises ValueError on shape,
-    device or value errors and TypeError on dtype errors, naming the argument.
+    device or value errors and TypeError on dtype errors, naming the argument. On CUDA the group_index values
+    are read on the host before the launch (once per tensor while it is unchanged; not while torch.compile
+    traces, where the kernel's device-side assert is the only check).
     """
     check_inputs(image_emb, text_pos, text_neg, scale, group_index, weight_logits, num_groups)
     if not _has_kernel_for(image_emb.device.type):
@@ -104,18 +141,12 @@ def attribute_scores(
         return attribute_scores_reference(
             image_emb, text_pos, text_neg, scale, group_index, weight_logits, num_groups, normalize
         )
+    if image_emb.device.type not in KERNEL_CHECKS_GROUP_VALUES and not torch.compiler.is_compiling():
+        _check_group_values_once(group_index, num_groups)
     text_diff = text_pos if text_neg is None else text_pos - text_neg
     if group_index.dtype != torch.int64:
         group_index = group_index.long()
-    try:
-        attr, dist = torch.ops.iqa_plugins.attribute_scores.default(
-            image_emb, text_diff, group_index, weight_logits, float(scale), int(num_groups), bool(normalize)
-        )
-    except RuntimeError as exc:  # value errors found by the kernel (group_index range)
-        if "group_index values" in str(exc):
-            raise ValueError(str(exc).splitlines()[0]) from exc
-        raise
-    return attr, dist
+    return _launch(image_emb, text_diff, group_index, weight_logits, scale, num_groups, normalize)
 
 
 def _group_softmax(weight_logits: torch.Tensor, group_index: torch.Tensor, num_groups: int) -> torch.Tensor:

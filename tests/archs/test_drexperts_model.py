@@ -297,18 +297,65 @@ def test_official_checkpoint_reproduces_authors_forward(official_state, tmp_path
 
 
 def test_fast_equals_literal_random_weights():
-    model = DRExperts(pretrained=False, config="small", keep_text_tower=True).eval()
-    with torch.no_grad():  # make the zero-initialised parts non-trivial
-        for zero in model.controller.transformer.zero_modules:
-            zero.weight.normal_(0, 0.2), zero.bias.normal_()
-        model.lamda_init.normal_()
-        model.dsdm.alpha.fill_(float(torch.rand(())) + 0.2)
+    model = _nontrivial_small_model()
     x = _crops(3)
     with torch.no_grad():
         literal = model.score_crops(x, "literal")
         fast = model.score_crops(x, "fast")
     assert literal.std() > 0 and literal.abs().min() > 1e-3
     torch.testing.assert_close(fast, literal, rtol=1e-5, atol=1e-6)
+
+
+def _nontrivial_small_model(device="cpu"):
+    """Small random model whose zero-initialised parts (zero modules, lamda) are made non-trivial."""
+    model = DRExperts(pretrained=False, config="small", keep_text_tower=True).eval().to(device)
+    with torch.no_grad():
+        for zero in model.controller.transformer.zero_modules:
+            zero.weight.normal_(0, 0.2), zero.bias.normal_()
+        model.lamda_init.normal_()
+        model.dsdm.alpha.fill_(float(torch.rand(())) + 0.2)
+    return model
+
+
+def test_fast_path_is_one_attention_call_with_experts_as_heads(monkeypatch):
+    """All ten experts go through one op call (H = 10), alpha passed as the parameter itself (no copy)."""
+    from iqa_plugins.archs import drexperts_arch
+
+    model = _nontrivial_small_model()
+    real_op, calls = drexperts_arch.diff_attention, []
+
+    def spy(q1, k1, q2, k2, v, alpha, scale=None):
+        calls.append((tuple(q1.shape), tuple(k1.shape), tuple(v.shape), alpha))
+        return real_op(q1, k1, q2, k2, v, alpha, scale=scale)
+
+    monkeypatch.setattr(drexperts_arch, "diff_attention", spy)
+    x = _crops(2)
+    with torch.no_grad():
+        fast = model.score_crops(x, "fast")
+        literal = model.score_crops(x, "literal")
+    experts, dim, tokens = len(DISTORTION_PROMPTS), SMALL["D"], SMALL["G"] + 1
+    assert len(calls) == 1
+    q_shape, k_shape, v_shape, alpha = calls[0]
+    assert q_shape == (2, experts, 1, dim) and k_shape == v_shape == (2, experts, tokens, dim)
+    assert alpha is model.dsdm.alpha
+    torch.testing.assert_close(fast, literal, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_gpu_fast_equals_literal():
+    """On CUDA the fast path runs the Triton kernel (ten experts as heads); fp32 scores match the literal path."""
+    torch.manual_seed(0)
+    model = _nontrivial_small_model("cuda")
+    x = _crops(5).cuda()
+    with torch.no_grad():
+        literal = model.score_crops(x, "literal")
+        fast = model.score_crops(x, "fast")
+        explained = model._fast(x, details=True)["attention"]
+    assert torch.isfinite(fast).all() and literal.std() > 0
+    torch.testing.assert_close(fast, literal, rtol=1e-5, atol=1e-5)
+    total = explained.sum(-1)  # rows of softmax1 - alpha softmax2 sum to 1 - alpha
+    torch.testing.assert_close(total, torch.full_like(total, 1 - model.dsdm.alpha.item()), rtol=1e-4, atol=1e-5)
 
 
 def _daclip_state(official_state):

@@ -119,7 +119,7 @@ def test_input_handling(model):
         # short side resize + centre crop: a square image at the model size is used as is
         x = torch.rand(1, 3, 64, 64)
         torch.testing.assert_close(model.preprocess(x), ((x - model.pixel_mean) / model.pixel_std)[None])
-    with pytest.raises(ValueError, match="input x"):
+    with pytest.raises(ValueError, match="1 or 3 channels"):
         model(torch.rand(2, 4, 64, 64))
 
 

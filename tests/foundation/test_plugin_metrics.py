@@ -84,6 +84,6 @@ def test_score_command_explains(fresh, console_script, name, photos, tmp_path):
     assert result.returncode == 0, result.stderr
     rows = list(csv.DictReader(out.open()))
     assert len(rows) == 3
-    extra = [c for c in rows[0] if c not in ("path", "score")]
-    assert len(extra) >= 10  # one column per distortion / expert
-    assert all(np.isfinite(float(r[c])) for r in rows for c in ["score", *extra])
+    extra = [c for c in rows[0] if c not in ("path", name)]
+    assert len(extra) >= 10 and all(c.startswith(f"{name}:") for c in extra)  # one column per distortion
+    assert all(np.isfinite(float(r[c])) for r in rows for c in [name, *extra])

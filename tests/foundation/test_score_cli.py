@@ -9,7 +9,8 @@ import pytest
 import torch
 from PIL import Image
 
-from iqa_plugins.scoring import RowWriter, score_files
+from iqa_plugins.scoring import Failure, LoadedMetric, score_paths
+from iqa_plugins.scoring_output import MetricSpec, ScoreWriter, normalise_path
 
 METRIC = "piqe"  # a pyiqa NR metric that needs no weights download
 
@@ -33,8 +34,8 @@ def test_score_folder_csv_with_bad_files(fresh, console_script, folder, tmp_path
                     "--batch-size", "2", "--workers", "1", "-o", str(out)])
     assert result.returncode == 1, result.stderr  # some inputs failed
     rows = list(csv.DictReader(out.open()))
-    assert sorted(r["path"] for r in rows) == sorted(str(folder / n) for n in ("a.png", "sub/b.png", "c.png"))
-    assert all(np.isfinite(float(r["score"])) for r in rows)
+    assert sorted(r["path"] for r in rows) == sorted(normalise_path(folder / n) for n in ("a.png", "sub/b.png", "c.png"))
+    assert all(np.isfinite(float(r[METRIC])) for r in rows)
     assert "fake.jpg: not a recognised image format" in result.stderr
     assert "tiny.png: image is 1x1" in result.stderr
 
@@ -48,8 +49,8 @@ def test_jsonl_resume_and_module_entry(fresh, python_exe, folder, tmp_path):
     second = fresh([python_exe, "-m", "iqa_plugins", "score", str(folder / "*.png"), str(folder / "sub"),
                     "--metric", METRIC, "-o", str(out), "--resume", "--workers", "0", "-q"])
     assert second.returncode == 1, second.stderr  # tiny.png is still refused
-    rows = [json.loads(line) for line in out.read_text().splitlines()]
-    assert sorted(r["path"] for r in rows) == sorted(str(folder / n) for n in ("a.png", "c.png", "sub/b.png"))
+    rows = [json.loads(line) for line in out.read_text().splitlines()[1:]]  # after the metadata line
+    assert sorted(r["path"] for r in rows) == sorted(normalise_path(folder / n) for n in ("a.png", "c.png", "sub/b.png"))
 
 
 @pytest.mark.slow
@@ -58,7 +59,7 @@ def test_jsonl_resume_and_module_entry(fresh, python_exe, folder, tmp_path):
     [
         (["{missing}"], "no such file or directory"),
         (["{empty}"], "directory contains no image files"),
-        (["{folder}", "--metric-opt", "oops"], "--metric-opt expects KEY=VALUE"),
+        (["{folder}", "--metric-opt", "oops"], "--metric-opt expects [METRIC:]KEY=VALUE"),
         (["{folder}", "--metric", "no_such_metric"], "unknown --metric"),
         (["{folder}", "--metric", "psnr"], "full-reference"),
     ],
@@ -84,7 +85,6 @@ def test_top_level_help(fresh, console_script):
 class _InterruptedMetric:
     """Scores the first batch, then the user presses Ctrl-C."""
 
-    metric_name = "fake"
     device = torch.device("cpu")
 
     def __init__(self):
@@ -98,16 +98,23 @@ class _InterruptedMetric:
         return batch.mean(dim=(1, 2, 3)).unsqueeze(1)
 
 
+def _loaded(model, name="fake"):
+    return LoadedMetric(MetricSpec(name), model)
+
+
 def test_rows_already_written_survive_an_interruption(folder, tmp_path):
-    paths = [str(folder / "a.png"), str(folder / "sub" / "b.png"), str(folder / "c.png")]
+    paths = [normalise_path(p) for p in (folder / "a.png", folder / "sub" / "b.png", folder / "c.png")]
     out = tmp_path / "partial.csv"
+    metric = _loaded(_InterruptedMetric())
     with out.open("w", newline="") as handle:
+        writer = ScoreWriter(handle, "csv", [metric.spec], output=str(out))
         with pytest.raises(KeyboardInterrupt):
-            score_files(paths, _InterruptedMetric(), RowWriter(handle, "csv"), batch_size=2, progress=False)
+            for row in score_paths(paths, [metric], batch_size=2):
+                writer.write(row)
     rows = list(csv.DictReader(out.open()))
     assert [r["path"] for r in rows] == paths[:2]
     expected = np.asarray(Image.open(paths[0]), dtype=np.float32).mean() / 255
-    assert float(rows[0]["score"]) == pytest.approx(expected, rel=1e-5)
+    assert float(rows[0]["fake"]) == pytest.approx(expected, rel=1e-5)
 
 
 def test_mixed_sizes_are_batched_per_size(folder):
@@ -119,10 +126,14 @@ def test_mixed_sizes_are_batched_per_size(folder):
     shapes = []
     buffer = io.StringIO()
     paths = [str(folder / "a.png"), str(folder / "c.png"), str(folder / "sub" / "b.png")]
-    summary = score_files(paths, Recorder(), RowWriter(buffer, "jsonl"), batch_size=3, progress=False)
-    assert summary.scored == 3 and not summary.failures
+    metric = _loaded(Recorder())
+    writer = ScoreWriter(buffer, "jsonl", [metric.spec])
+    items = list(score_paths(paths, [metric], batch_size=3))
+    assert not [i for i in items if isinstance(i, Failure)]
+    for row in items:
+        writer.write(row)
     assert sorted(shapes) == [(1, 3, 40, 40), (2, 3, 48, 64)]
-    assert [json.loads(line)["path"] for line in buffer.getvalue().splitlines()] == [paths[0], paths[2], paths[1]]
+    assert [json.loads(line)["path"] for line in buffer.getvalue().splitlines()[1:]] == [paths[0], paths[2], paths[1]]
 
 
 @pytest.mark.slow

@@ -98,7 +98,7 @@ def test_demo_tiny_runs_every_step(tmp_path, monkeypatch):
         # Both commands load the same demo weights: same ranking of the held-out images.
         assert figures["iqa_plugins_score"]["srcc"] == pytest.approx(figures["pyiqa_command"]["srcc"], abs=1e-6)
         header = (out / f"scores_{metric}.csv").read_text().splitlines()[0].split(",")
-        assert header[:2] == ["path", "score"] and len(header) > 2  # explanation columns
+        assert header[:2] == ["path", metric] and len(header) > 2  # explanation columns
     labels = (out / "data" / "train" / "meta_info.csv").read_text().splitlines()[1:]
     values = [float(line.split(",")[1]) for line in labels]
     assert len(values) == 9 and all(0 <= v <= 1 for v in values) and len(set(values)) > 1

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import argparse
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from iqa_plugins.train import cli as train_cli
 from iqa_plugins.train import exiqa_phases
@@ -59,7 +61,8 @@ def test_presets_and_defaults_reach_the_training_functions(tmp_path, monkeypatch
     attributes = load_attribute_set(PRESETS[extra[1]].attributes if extra else "kadid10k")
     (data / "strengths.csv").write_text(",".join(["image", *attributes.distortion_slugs]) + "\n"
                                         + ",".join(["a.png"] + ["0"] * attributes.num_distortions) + "\n")
-    (data / "meta_info.csv").write_text("dist_name,mos\na.png,0.5\n")  # never read: training is captured
+    (data / "meta_info.csv").write_text("dist_name,mos\na.png,0.5\n")
+    Image.fromarray(np.full((32, 32, 3), 128, np.uint8)).save(data / "images" / "a.png")  # checked, not trained on
     config = ["--config", '{"base": "small"}', "--clip-weights", "random"]
     args = ["exiqa", "--phase", phase, "--data", str(data), "--out", str(tmp_path / "o.pth"), *config, *extra]
     with pytest.raises(_Stop):
