@@ -100,6 +100,19 @@ def _rows(data: Path, split_index: int, phase: str) -> list[int] | None:
     return split_rows(split_file, split_index, phase)  # untrusted like any data file: no code runs
 
 
+def _image_paths(args: argparse.Namespace, phase: str) -> list[Path]:
+    """The images one phase of the split lists (phase 1: ``strengths.csv``; phase 2: the score table)."""
+    rows = _rows(args.data, args.split_index, phase)
+    if args.phase == 2:
+        return [path for path, _ in MOSDataset(args.data / args.meta_csv, args.data / "images", rows, None).items]
+    table = args.data / "strengths.csv"
+    if not table.is_file():
+        raise FileNotFoundError(f"--data {str(args.data)!r} has no strengths.csv")
+    with table.open(newline="") as handle:
+        names = [row.get("image", "") for row in csv.DictReader(handle)]
+    return [args.data / "images" / names[i] for i in (range(len(names)) if rows is None else rows)]
+
+
 def _clip_kwargs(args: argparse.Namespace, cfg: dict[str, Any]) -> dict[str, Any]:
     """Where a new model's CLIP comes from (see --clip-weights)."""
     named = cfg["clip_model"] is not None
@@ -168,6 +181,8 @@ def run_phase(args: argparse.Namespace) -> dict[str, Any] | None:
     rank, world = init_distributed(args.launcher)
     device = "cuda" if args.device != "cpu" and torch.cuda.is_available() else "cpu"
     held_out = "test" if (_rows(args.data, args.split_index, "test") or []) else "val"  # data checked first
+    for phase in ("train", held_out):
+        require_readable(_image_paths(args, phase), f"--data {str(args.data)!r} ({phase} images)")
     model = _model(args, preset).to(device)
     size = int(model.config["image_size"])
     crops = model.config["input"] == "crops"
@@ -186,8 +201,6 @@ def run_phase(args: argparse.Namespace) -> dict[str, Any] | None:
                                            random_crops=learns_from_crops)
         else:
             data = MOSDataset(args.data / args.meta_csv, args.data / "images", rows, None if whole else size)
-        images = data.images if args.phase == 1 else [path for path, _ in data.items]
-        require_readable(images, f"--data {str(args.data)!r} ({phase} images)")
         return data, whole
 
     train_set, whole = dataset("train", True)
