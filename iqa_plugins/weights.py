@@ -71,6 +71,13 @@ def sha256sum(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
     return digest.hexdigest()
 
 
+def _normal_permissions(path: Path) -> None:
+    """Give a temporary file (mkstemp makes them 0600) the mode a plain ``open`` would: 0666 less the umask."""
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(path, 0o666 & ~umask)
+
+
 def _download(url: str, target: Path, sha256: str) -> None:
     """Download to a temporary file beside ``target``, verify, then rename atomically."""
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -86,6 +93,7 @@ def _download(url: str, target: Path, sha256: str) -> None:
                 f"Checksum mismatch for {url}: expected sha256 {sha256}, got {got}; "
                 f"the file was discarded and {target} left untouched."
             )
+        _normal_permissions(tmp)
         os.replace(tmp, target)
     finally:
         tmp.unlink(missing_ok=True)
@@ -173,6 +181,7 @@ def save_checkpoint(obj: Any, path: str | os.PathLike) -> Path:
     tmp = Path(tmp_name)
     try:
         torch.save(obj, tmp)
+        _normal_permissions(tmp)
         os.replace(tmp, target)
     finally:
         tmp.unlink(missing_ok=True)

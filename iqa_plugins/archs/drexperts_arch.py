@@ -128,6 +128,13 @@ class DSDM(nn.Module):
         self.W_k2 = nn.Linear(dim, dim)
         self.W_v = nn.Linear(2 * dim, dim)
         self.alpha = nn.Parameter(torch.tensor(alpha))
+        # A key bias adds the same q.b to every logit of a query row, which softmax cancels: these two
+        # biases get an exactly zero gradient (the fast path leaves them out). The authors' recipe puts no
+        # weight decay on biases, so their training never changes them; frozen here they stay in the state
+        # dict (checkpoints keep the official layout and the literal path still adds them) and DDP does not
+        # wait for gradients that never come.
+        self.W_k1.bias.requires_grad_(False)
+        self.W_k2.bias.requires_grad_(False)
 
     def literal(self, expert_token: Tensor, feats: Tensor, keys: Tensor) -> Tensor:
         """All rows, as the authors compute them: (B, D), (B, N, D), (B, N, D) -> (B, N, D)."""
@@ -529,17 +536,22 @@ def _summarise(keys: list[str], limit: int = 12) -> str:
 
 def _key_report(what: str, missing: list[str], unexpected: list[str], wrong: list[str],
                 own: dict[str, Tensor], given: dict[str, Tensor]) -> str:
-    lines = [f"The checkpoint does not fit {what} (names after conversion to this model's layout):"]
+    """A few lines: key groups (not every key) and, for shape mismatches, how to name the right config."""
+    def keys(names: list[str]) -> str:
+        return ", ".join(names) if len(names) <= 4 else _summarise(names, 6)
+
+    parts = [f"The checkpoint does not fit {what}"]
     if missing:
-        lines.append(f"missing {len(missing)} key(s): {', '.join(missing[:60])}" + (" ..." if len(missing) > 60 else ""))
+        parts.append(f"missing {len(missing)} key(s): {keys(missing)}")
     if unexpected:
-        lines.append(f"unexpected {len(unexpected)} key(s): {', '.join(unexpected[:60])}"
-                     + (" ..." if len(unexpected) > 60 else ""))
+        parts.append(f"unexpected {len(unexpected)} key(s): {keys(unexpected)}")
     if wrong:
-        lines.append("wrong shapes: " + ", ".join(
-            f"{k} {tuple(given[k].shape)} vs expected {tuple(own[k].shape)}" for k in wrong[:30]))
-        lines.append("(is the config right? pass config='small' or 'paper')")
-    return "\n".join(lines)
+        shown = ", ".join(f"{k} {tuple(given[k].shape)} vs {tuple(own[k].shape)}" for k in wrong[:3])
+        parts.append(f"wrong shapes of {len(wrong)} key(s) ({shown}{', ...' if len(wrong) > 3 else ''}). The checkpoint "
+                     "was made with another config: load the compact checkpoint training wrote (it carries "
+                     "its config), or give the config: --metric-opt config=small on the command line, "
+                     "config='small' in Python")
+    return ".\n".join(parts) + "."
 
 
 def _load_exact(module: nn.Module, state: dict[str, Tensor], what: str) -> None:

@@ -66,12 +66,14 @@ except ImportError as _error:  # pyiqa's build_network would hide this as a KeyE
 
 __all__ = [
     "ATTRIBUTES_FILE",
+    "ATTRIBUTE_SETS",
     "CHECKPOINT_FORMAT",
     "CONFIGS",
     "DEFAULT_WEIGHTS",
     "AttributeSet",
     "ExIQA",
     "clip_fingerprint",
+    "attribute_set_path",
     "load_attribute_set",
     "resize_center_crop",
     "resolve_config",
@@ -79,6 +81,13 @@ __all__ = [
 ]
 
 ATTRIBUTES_FILE = Path(__file__).with_name("exiqa_attributes.json")
+# The paper uses each data set's own distortions, each with its attributes: the shipped sets by data set name.
+ATTRIBUTE_SETS: dict[str, Path] = {
+    "kadid10k": ATTRIBUTES_FILE,
+    "tid2013": Path(__file__).with_name("exiqa_attributes_tid2013.json"),
+    "csiq": Path(__file__).with_name("exiqa_attributes_csiq.json"),
+    "live": Path(__file__).with_name("exiqa_attributes_live.json"),
+}
 CHECKPOINT_FORMAT = "iqa_plugins.exiqa/1"
 
 DEFAULT_WEIGHTS = WeightsSpec(
@@ -142,6 +151,12 @@ class AttributeSet:
     attributes: tuple[str, ...]
     group_index: tuple[int, ...]
     """Index (into the distortions) of each attribute's distortion."""
+    levels: tuple[int, ...] = ()
+    """Number of severity levels of each distortion (strength of level l = l / levels; default 5)."""
+
+    @property
+    def distortion_levels(self) -> tuple[int, ...]:
+        return self.levels or (5,) * len(self.distortion_names)
 
     @property
     def num_distortions(self) -> int:
@@ -169,7 +184,10 @@ class AttributeSet:
             zip(self.distortion_numbers, self.distortion_names, self.distortion_slugs)
         ):
             phrases = [a for a, i in zip(self.attributes, self.group_index) if i == g]
-            distortions.append({"number": number, "name": name, "slug": slug, "attributes": phrases})
+            entry = {"number": number, "name": name, "slug": slug, "attributes": phrases}
+            if self.distortion_levels[g] != 5:
+                entry["levels"] = self.distortion_levels[g]
+            distortions.append(entry)
         return {
             "templates": {"positive": self.positive_template, "negative": self.negative_template},
             "distortions": distortions,
@@ -188,14 +206,15 @@ class AttributeSet:
                 raise ValueError(f"{source}: prompt template {template!r} has no '{{a}}' placeholder")
         if not entries:
             raise ValueError(f"{source}: 'distortions' is empty")
-        numbers, names, slugs, attributes, groups = [], [], [], [], []
+        numbers, names, slugs, attributes, groups, levels = [], [], [], [], [], []
         for g, entry in enumerate(entries):
             try:
                 phrases = [str(p) for p in entry["attributes"]]
                 numbers.append(int(entry["number"]))
                 names.append(str(entry["name"]))
                 slugs.append(str(entry["slug"]))
-            except (KeyError, TypeError, ValueError) as error:
+                levels.append(int(entry.get("levels", 5)))
+            except (KeyError, TypeError, ValueError, AttributeError) as error:
                 raise ValueError(f"{source}: distortion #{g + 1} needs number, name, slug, attributes: {error}") from None
             if not phrases or any(not p.strip() for p in phrases):
                 raise ValueError(f"{source}: distortion {names[-1]!r} has an empty attribute list or phrase")
@@ -204,12 +223,27 @@ class AttributeSet:
         for label, values in (("names", names), ("slugs", slugs), ("numbers", numbers)):
             if len(set(values)) != len(values):
                 raise ValueError(f"{source}: distortion {label} are not unique")
-        return cls(pos_t, neg_t, tuple(numbers), tuple(names), tuple(slugs), tuple(attributes), tuple(groups))
+        if any(n < 1 for n in levels):
+            raise ValueError(f"{source}: a distortion's 'levels' must be >= 1")
+        return cls(pos_t, neg_t, tuple(numbers), tuple(names), tuple(slugs), tuple(attributes), tuple(groups),
+                   tuple(levels))
+
+
+def attribute_set_path(name_or_path: str | os.PathLike) -> Path:
+    """The file of a shipped attribute set (``ATTRIBUTE_SETS``: kadid10k, tid2013, csiq, live) or a path."""
+    if str(name_or_path) in ATTRIBUTE_SETS:
+        return ATTRIBUTE_SETS[str(name_or_path)]
+    path = Path(name_or_path).expanduser()
+    if not path.is_file():
+        raise ValueError(f"attributes {str(name_or_path)!r}: neither a shipped set ({', '.join(ATTRIBUTE_SETS)}) "
+                         "nor an existing file")
+    return path
 
 
 def load_attribute_set(path: str | os.PathLike = ATTRIBUTES_FILE) -> AttributeSet:
-    """Read an attribute file (the project's is ``exiqa_attributes.json``: 25 distortions x 5 attributes)."""
-    path = Path(path)
+    """Read an attribute set: a shipped set's name (see ``ATTRIBUTE_SETS``) or a file (the default,
+    ``exiqa_attributes.json``, holds the 25 KADID-10k distortions x 5 attributes)."""
+    path = attribute_set_path(path)
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError) as error:

@@ -2,6 +2,7 @@
 
 Examples::
 
+    iqa-plugins train --list                                       # recipes and presets
     iqa-plugins train drexperts --dataset koniq10k --dataroot ~/data/koniq10k/1024x768 \\
         --meta-info ~/data/meta_info_KonIQ10kDataset.csv --splits 10
     iqa-plugins train drexperts --opt my.yml                      # a full pyiqa options file
@@ -39,8 +40,11 @@ FLAT_NR_DATASETS = ("GeneralNRDataset", "LIVEChallengeDataset")
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
     parser.epilog = __doc__.split("Examples::", 1)[1]
-    parser.add_argument("model", choices=MODELS, help="which metric to train")
-    parser.add_argument("--list", action="store_true", help="list the shipped recipes and exit")
+    parser.add_argument("model", nargs="?", choices=MODELS, help="which metric to train")
+    parser.add_argument("--list", action="store_true",
+                        help="list the shipped recipes (drexperts) and presets (exiqa) and exit")
+    parser.add_argument("--verbose", action="store_true",
+                        help="also print the options, the network and pyiqa's periodic loss lines")
     group = parser.add_argument_group("drexperts (pyiqa options)")
     group.add_argument("--dataset", help="shipped recipe: " + ", ".join(available_recipes("drexperts")))
     group.add_argument("--opt", type=Path, help="pyiqa options YAML: the whole options, or changes to --dataset's")
@@ -60,7 +64,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--install-to-cache", action="store_true",
                        help="copy the trained weights into pyiqa's cache under the metric's default file name "
                             "(off by default: they then replace what `pyiqa.create_metric(name)` loads)")
-    group.add_argument("--quiet", action="store_true", help="log warnings only")
+    group.add_argument("--quiet", action="store_true", help="no progress bars; warnings and results only")
     exiqa = parser.add_argument_group("exiqa")
     exiqa.add_argument("--phase", type=int, choices=[1, 2], help="1: distortion identification; 2: regressor")
     from iqa_plugins.train.exiqa_cli import add_exiqa_arguments
@@ -123,11 +127,11 @@ def train_drexperts(args: argparse.Namespace) -> int:
     if args.resume_state and num_splits and num_splits > 1:
         raise OptionsError("--resume-state resumes one run; with several splits use --auto-resume")
     opt = finalize_options(opt, args.root, launcher=args.launcher)
-    level = logging.WARNING if args.quiet else logging.INFO
+    level = logging.INFO if args.verbose else logging.ERROR if args.quiet else logging.WARNING
     arch_type = opt["network"]["type"]
     if num_splits:
         table = train_splits(
-            opt, num_splits=int(num_splits), log_level=level,
+            opt, num_splits=int(num_splits), log_level=level, report=print,
             train_ratio=args.train_ratio or float(splits_opt.get("train_ratio", 0.8)),
             seed=int(splits_opt.get("seed", opt["manual_seed"])),
         )
@@ -143,8 +147,7 @@ def train_drexperts(args: argparse.Namespace) -> int:
         chosen = run_training(opt, log_level=level)
         if opt["rank"] != 0:
             return 0
-        for dataset, metrics in chosen.final_metrics.items():
-            print(f"{dataset}: SRCC {metrics.get('srcc', float('nan')):.4f} PLCC {metrics.get('plcc', float('nan')):.4f}")
+        print(chosen.summary)
     weights = chosen.compact_checkpoint or chosen.checkpoint
     print(f"weights: {weights}")
     if args.install_to_cache:
@@ -152,10 +155,29 @@ def train_drexperts(args: argparse.Namespace) -> int:
     return 0
 
 
+def list_choices(model: str | None) -> str:
+    """The shipped DR.Experts recipes and/or ExIQA presets, one line each."""
+    from iqa_plugins.train.exiqa_presets import PRESETS
+
+    lines = []
+    if model in (None, "drexperts"):
+        lines.append("drexperts recipes (--dataset): " + ", ".join(available_recipes("drexperts")))
+    if model in (None, "exiqa"):
+        lines.append("exiqa presets (--preset):")
+        lines += [f"  {name}: {preset.description}" for name, preset in PRESETS.items()]
+    return "\n".join(lines)
+
+
 def main(args: argparse.Namespace) -> int:
     if args.list:
-        print("drexperts recipes: " + ", ".join(available_recipes("drexperts")))
+        print(list_choices(args.model))
         return 0
+    if args.model is None:
+        print("iqa-plugins train: name the model to train (drexperts or exiqa), or give --list", file=sys.stderr)
+        return 2
+    import torch.distributed as dist
+
+    joined_before = dist.is_available() and dist.is_initialized()
     try:
         if args.model == "drexperts":
             return train_drexperts(args)
@@ -165,3 +187,7 @@ def main(args: argparse.Namespace) -> int:
     except (OptionsError, FileNotFoundError, ValueError) as error:
         print(f"iqa-plugins train: {error}", file=sys.stderr)
         return 2
+    finally:
+        # --launcher pytorch joined a process group: leave it, so that every process exits at once.
+        if not joined_before and dist.is_available() and dist.is_initialized():
+            dist.destroy_process_group()

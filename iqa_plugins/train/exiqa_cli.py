@@ -1,8 +1,10 @@
-"""``iqa-plugins train exiqa --phase 1|2``: ExIQA's two phases on a generator output folder.
+"""``iqa-plugins train exiqa --phase 1|2``: ExIQA's two phases on a generator or converter output folder.
 
-Phase 1 reads ``strengths.csv`` (the 25 distortion strengths) and ``split.pkl``; phase 2 reads a pyiqa meta CSV
-(image name, MOS; default ``meta_info.csv``) with the same split. Both save the project's compact checkpoint
-(``--out``), evaluate on the held-out phase and write ``<out>.json`` with the figures.
+Phase 1 reads ``strengths.csv`` (one strength column per distortion of the attribute set) and ``split.pkl``;
+phase 2 reads a pyiqa meta CSV (image name, score; default ``meta_info.csv``) with the same split. Both save the
+project's compact checkpoint (``--out``), evaluate on the held-out phase and write ``<out>.json`` with the
+figures. Under ``torchrun ... --launcher pytorch`` phase 1 trains as DistributedDataParallel and phase 2
+gathers the attribute table of every process's shard (see ``exiqa_phases``); rank 0 evaluates and writes.
 """
 
 from __future__ import annotations
@@ -10,14 +12,22 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
 
 from iqa_plugins.io import require_readable
 from iqa_plugins.split_files import split_rows
+from iqa_plugins.train.exiqa_presets import (
+    DEFAULT_PHASE1_EPOCHS,
+    DEFAULT_PHASE2_EPOCHS,
+    ExIQAPreset,
+    get_preset,
+)
+from iqa_plugins.train.progress import TrainingProgress
 
 
 class MOSDataset(Dataset):
@@ -50,21 +60,36 @@ class MOSDataset(Dataset):
 
 
 def add_exiqa_arguments(group: argparse._ArgumentGroup) -> None:
-    group.add_argument("--data", type=Path, help="generator output folder (strengths.csv, split.pkl, images/)")
-    group.add_argument("--meta-csv", default="meta_info.csv", help="phase 2: MOS table inside --data")
+    group.add_argument("--data", type=Path, help="generator or converter output folder (strengths.csv, split.pkl, "
+                                                 "images/, meta_info.csv)")
+    group.add_argument("--prepare", metavar="DATASET",
+                       help="first turn a data set's own files into --data: kadid10k, tid2013, csiq or live, read "
+                            "from --source (strengths from the file names, scores, a split by reference image)")
+    group.add_argument("--source", type=Path, help="--prepare: the data set's folder as distributed")
+    group.add_argument("--preset", help="the paper's settings for a data set (see `train exiqa --list`): attribute "
+                                        "set, prompt tokens, phase-1 mode, epochs and rate")
+    group.add_argument("--attributes", help="attribute set: kadid10k (default), tid2013, csiq, live, or a JSON file")
+    group.add_argument("--meta-csv", default="meta_info.csv", help="phase 2: score table inside --data")
     group.add_argument("--mos-range", type=float, nargs=2, metavar=("LOW", "HIGH"),
-                       help="phase 2: MOS scale mapped to [0, 1] (default: MOS already in [0, 1])")
+                       help="phase 2: score scale mapped to [0, 1] (default: scores already in [0, 1])")
+    group.add_argument("--lower-better", action="store_true",
+                       help="phase 2: the scores are DMOS (lower = better); the model still outputs higher = better")
     group.add_argument("--config", default=None,
                        help="ExIQA config for a new model: paper (default), small, or a JSON object of overrides "
                             "(e.g. '{\"base\": \"small\", \"input\": \"crops\", \"num_crops\": 25}')")
     group.add_argument("--init", help="checkpoint to start from (phase 2: the phase-1 result)")
-    group.add_argument("--clip-weights", help="local CLIP checkpoint for a new paper-size model")
-    group.add_argument("--mode", choices=["prompt", "full"], default="prompt", help="phase 1: what trains")
-    group.add_argument("--epochs", type=int, default=None, help="default: 100 (phase 1), 50 (phase 2)")
-    group.add_argument("--lr", type=float, help="peak learning rate (default: the paper's)")
-    group.add_argument("--batch-size", type=int, default=32)
+    group.add_argument("--clip-weights", metavar="openai|FILE|random",
+                       help="CLIP of a new model: 'openai' (default for the paper config: OpenAI's ViT-B/32 through "
+                            "open_clip, downloaded once), a local CLIP checkpoint file, or 'random' (random towers; "
+                            "required for configs with a custom CLIP, for which no weights exist)")
+    group.add_argument("--mode", choices=["prompt", "full"], help="phase 1: what trains (default: prompt, or the "
+                                                                    "preset's)")
+    group.add_argument("--epochs", type=int, default=None, help="default: the preset's, else 100 (both phases)")
+    group.add_argument("--lr", type=float, help="peak learning rate (default: the preset's or the paper's)")
+    group.add_argument("--batch-size", type=int, default=32, help="per process")
     group.add_argument("--workers", type=int, default=0, help="data loading processes")
     group.add_argument("--split-index", type=int, default=1, help="which split of split.pkl")
+    group.add_argument("--seed", type=int, default=0, help="seed of the new model, shuffling and dropout")
     group.add_argument("--out", type=Path, help="where to write the trained compact checkpoint")
 
 
@@ -75,73 +100,167 @@ def _rows(data: Path, split_index: int, phase: str) -> list[int] | None:
     return split_rows(split_file, split_index, phase)  # untrusted like any data file: no code runs
 
 
-def _model(args: argparse.Namespace):
-    from iqa_plugins.archs.exiqa_arch import ExIQA
+def _image_paths(args: argparse.Namespace, phase: str) -> list[Path]:
+    """The images one phase of the split lists (phase 1: ``strengths.csv``; phase 2: the score table)."""
+    rows = _rows(args.data, args.split_index, phase)
+    if args.phase == 2:
+        return [path for path, _ in MOSDataset(args.data / args.meta_csv, args.data / "images", rows, None).items]
+    table = args.data / "strengths.csv"
+    if not table.is_file():
+        raise FileNotFoundError(f"--data {str(args.data)!r} has no strengths.csv")
+    with table.open(newline="") as handle:
+        names = [row.get("image", "") for row in csv.DictReader(handle)]
+    return [args.data / "images" / names[i] for i in (range(len(names)) if rows is None else rows)]
+
+
+def _clip_kwargs(args: argparse.Namespace, cfg: dict[str, Any]) -> dict[str, Any]:
+    """Where a new model's CLIP comes from (see --clip-weights)."""
+    named = cfg["clip_model"] is not None
+    choice = args.clip_weights
+    if choice == "random":
+        print("iqa-plugins train exiqa: WARNING: CLIP starts from RANDOM towers (--clip-weights random); this is "
+              "not the paper's pretrained CLIP and its attribute prompts mean nothing until trained",
+              file=sys.stderr)
+        return {"clip_pretrained": None, "clip_weights_path": None}
+    if choice in (None, "openai"):
+        if not named:
+            raise ValueError("this config builds a custom CLIP, for which no pretrained weights exist: pass "
+                             "--clip-weights random to train it from random towers (or --clip-weights FILE)")
+        return {"clip_pretrained": "openai", "clip_weights_path": None}
+    return {"clip_pretrained": "openai" if named else None, "clip_weights_path": choice}
+
+
+def _model(args: argparse.Namespace, preset: ExIQAPreset | None):
+    from iqa_plugins.archs.exiqa_arch import ExIQA, resolve_config
+    from iqa_plugins.weights import WeightsNotFoundError
 
     if args.init:
         return ExIQA(pretrained=True, pretrained_model_path=args.init)
-    config = args.config or "paper"
-    if config.lstrip().startswith("{"):
+    config: Any = args.config or "paper"
+    if isinstance(config, str) and config.lstrip().startswith("{"):
         try:
             config = json.loads(config)
         except json.JSONDecodeError as error:
             raise ValueError(f"--config is not valid JSON: {error}") from None
-    return ExIQA(pretrained=False, config=config, clip_weights_path=args.clip_weights,
-                 clip_pretrained="openai" if args.clip_weights else None)
+    cfg = resolve_config(config)
+    if preset is not None:
+        cfg = resolve_config({**cfg, "num_prompts": preset.num_prompts})
+    attributes = args.attributes or (preset.attributes if preset else "kadid10k")
+    clip = _clip_kwargs(args, cfg)
+    torch.manual_seed(args.seed)
+    try:
+        return ExIQA(pretrained=False, config=cfg, attributes_path=attributes, **clip)
+    except WeightsNotFoundError as error:
+        raise ValueError(
+            f"OpenAI's CLIP {cfg['clip_model']} weights (the paper's starting point) could not be loaded through "
+            f"open_clip: {str(error).split(' Offline,')[0]} Offline, give them as a file: --clip-weights PATH "
+            "(OpenAI's ViT-B-32.pt, or open_clip_pytorch_model.bin of the Hugging Face repository "
+            "timm/vit_base_patch32_clip_224.openai), or put that repository in the Hugging Face cache (HF_HOME). "
+            "--clip-weights random trains from random towers instead (not the paper's model)."
+        ) from None
 
 
-def run_phase(args: argparse.Namespace) -> dict[str, Any]:
-    """Train one phase as the arguments say; returns the evaluation figures (also written as JSON)."""
+def _shard(dataset: Dataset, rank: int, world: int) -> Dataset:
+    """Every world-th item from rank: disjoint shards that together hold each item exactly once."""
+    return dataset if world == 1 else Subset(dataset, range(rank, len(dataset), world))
+
+
+def run_phase(args: argparse.Namespace) -> dict[str, Any] | None:
+    """Train one phase as the arguments say; returns the evaluation figures (also written as JSON), on rank 0
+    (None on the other ranks of a ``--launcher pytorch`` run)."""
     from iqa_plugins.archs.exiqa_arch import save_pretrained
     from iqa_plugins.train import exiqa_phases as phases
+    from iqa_plugins.train.options import init_distributed
 
     if args.data is None or args.out is None:
-        raise ValueError("exiqa needs --data (a generator output folder) and --out (the checkpoint to write)")
+        raise ValueError("exiqa needs --data (a generator or converter output folder) and --out (the checkpoint to "
+                         "write)")
     if args.phase is None:
         raise ValueError("exiqa needs --phase 1 or --phase 2")
+    preset = get_preset(args.preset) if args.preset else None
+    rank, world = init_distributed(args.launcher)
     device = "cuda" if args.device != "cpu" and torch.cuda.is_available() else "cpu"
     held_out = "test" if (_rows(args.data, args.split_index, "test") or []) else "val"  # data checked first
-    model = _model(args).to(device)
+    for phase in ("train", held_out):
+        require_readable(_image_paths(args, phase), f"--data {str(args.data)!r} ({phase} images)")
+    model = _model(args, preset).to(device)
     size = int(model.config["image_size"])
     crops = model.config["input"] == "crops"
+    quiet = getattr(args, "quiet", False)
 
-    def loader(phase: str, train: bool) -> DataLoader:
+    def dataset(phase: str, train: bool) -> tuple[Dataset, bool]:
         rows = _rows(args.data, args.split_index, phase)
         # The crops input trains on random crops and scores whole images at their own resolution, which
         # batch only when they share a size: one image per batch then.
         learns_from_crops = crops and train and args.phase == 1
         whole = crops and not learns_from_crops
         if args.phase == 1:
-            dataset = phases.StrengthsDataset(args.data, model.attribute_set.distortion_slugs,
-                                              phase=phase if rows is not None else None,
-                                              split_index=args.split_index, image_size=None if whole else size,
-                                              random_crops=learns_from_crops)
+            data = phases.StrengthsDataset(args.data, model.attribute_set.distortion_slugs,
+                                           phase=phase if rows is not None else None,
+                                           split_index=args.split_index, image_size=None if whole else size,
+                                           random_crops=learns_from_crops)
         else:
-            dataset = MOSDataset(args.data / args.meta_csv, args.data / "images", rows, None if whole else size)
-        images = dataset.images if args.phase == 1 else [path for path, _ in dataset.items]
-        require_readable(images, f"--data {str(args.data)!r} ({phase} images)")
-        return DataLoader(dataset, batch_size=1 if whole else args.batch_size, shuffle=train,
-                          num_workers=args.workers)
+            data = MOSDataset(args.data / args.meta_csv, args.data / "images", rows, None if whole else size)
+        return data, whole
 
-    train_loader = loader("train", True)
-    mos_range = tuple(args.mos_range) if args.mos_range else None
-    if args.phase == 1:
-        history = phases.train_phase1(model, train_loader, args.epochs or 100, args.lr, mode=args.mode, device=device)
-        figures = phases.evaluate_distortions(model, loader(held_out, False), device=device)
+    train_set, whole = dataset("train", True)
+    batch = 1 if whole else args.batch_size
+    if args.phase == 1 and world > 1:  # equal shard lengths (DDP steps together), reshuffled every epoch
+        sampler = DistributedSampler(train_set, world, rank, shuffle=True, seed=args.seed)
+        train_loader = DataLoader(train_set, batch_size=batch, sampler=sampler, num_workers=args.workers)
     else:
-        history = phases.train_phase2(model, train_loader, args.epochs or 50, args.lr or 1e-3,
-                                      mos_range=mos_range, batch_size=args.batch_size, device=device)
-        figures = phases.evaluate_quality(model, loader(held_out, False), mos_range=mos_range, device=device)
-    save_pretrained(model.cpu(), args.out, metadata={"trained_by": f"iqa-plugins train exiqa --phase {args.phase}"})
-    report = {"phase": args.phase, "held_out": held_out, "figures": figures,
-              "epoch_loss": history.get("epoch_loss"), "checkpoint": str(args.out)}
-    Path(f"{args.out}.json").write_text(json.dumps(report, indent=1, default=float))
+        train_loader = DataLoader(_shard(train_set, rank, world), batch_size=batch, shuffle=True,
+                                  num_workers=args.workers)
+    mos_range = tuple(args.mos_range) if args.mos_range else None
+    label = f"exiqa phase {args.phase}" + (f" ({args.preset})" if preset else "")
+    progress = TrainingProgress(label, enabled=rank == 0 and not quiet)
+    if args.phase == 1:
+        mode = args.mode or (preset.mode if preset else "prompt")
+        epochs = args.epochs or (preset.phase1_epochs if preset else DEFAULT_PHASE1_EPOCHS)
+        lr = args.lr or (preset.phase1_lr if preset else None)
+        history = phases.train_phase1(model, train_loader, epochs, lr, mode=mode, device=device, progress=progress)
+    else:
+        epochs = args.epochs or (preset.phase2_epochs if preset else DEFAULT_PHASE2_EPOCHS)
+        history = phases.train_phase2(model, train_loader, epochs, args.lr or 1e-3, mos_range=mos_range,
+                                      lower_better=args.lower_better, batch_size=args.batch_size, device=device,
+                                      progress=progress, seed=args.seed)
+    summary = progress.summary()
+    report = None
+    if rank == 0:  # the held-out figures and the files: once
+        held_set, whole = dataset(held_out, False)
+        held_loader = DataLoader(held_set, batch_size=1 if whole else args.batch_size, shuffle=False,
+                                 num_workers=args.workers)
+        if args.phase == 1:
+            figures = phases.evaluate_distortions(model, held_loader, device=device)
+        else:
+            figures = phases.evaluate_quality(model, held_loader, mos_range=mos_range,
+                                              lower_better=args.lower_better, device=device)
+        save_pretrained(model.cpu(), args.out,
+                        metadata={"trained_by": f"iqa-plugins train exiqa --phase {args.phase}"})
+        report = {"phase": args.phase, "held_out": held_out, "figures": figures, "summary": summary,
+                  "epoch_loss": history.get("epoch_loss"), "checkpoint": str(args.out)}
+        Path(f"{args.out}.json").write_text(json.dumps(report, indent=1, default=float))
+    if world > 1:
+        torch.distributed.barrier()
     return report
 
 
 def train_exiqa(args: argparse.Namespace) -> int:
+    if args.prepare:
+        from iqa_plugins.train.exiqa_datasets import prepare_dataset
+
+        if args.source is None or args.data is None:
+            raise ValueError("--prepare needs --source (the data set's folder) and --data (the folder to write)")
+        counts = prepare_dataset(args.prepare, args.source, args.data)
+        print(f"{args.prepare}: {counts['images']} images of {counts['references']} references "
+              f"({counts['train']} train, {counts['test']} test; {counts['scored']} with scores) -> {args.data}")
+        if args.phase is None:
+            return 0
     report = run_phase(args)
+    if report is None:
+        return 0
     figures = report["figures"]
+    print(report["summary"])
     if args.phase == 1:
         print(f"phase 1 on {report['held_out']}: accuracy {figures['accuracy']:.4f} RMSE {figures['rmse']:.4f}")
     else:

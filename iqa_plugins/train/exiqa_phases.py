@@ -37,6 +37,7 @@ from iqa_plugins.archs.crops import upscale_to_min_side
 from iqa_plugins.archs.exiqa_arch import ExIQA, resize_center_crop
 from iqa_plugins.io import read_image
 from iqa_plugins.split_files import split_rows
+from iqa_plugins.train.progress import TrainingProgress
 
 __all__ = [
     "StrengthsDataset",
@@ -180,11 +181,14 @@ def distortion_loss(dist_probs: torch.Tensor, strengths: torch.Tensor) -> torch.
     return F.binary_cross_entropy(p, strengths.float().to(p.device))
 
 
-def distortion_accuracy(pred: torch.Tensor, target: torch.Tensor) -> float:
+def distortion_accuracy(pred: torch.Tensor, target: torch.Tensor, levels: int | torch.Tensor = 5) -> float:
     """Eq. 10: share of (image, distortion) pairs whose prediction lies in the interval centred on the true
-    strength (0, .2, ..., 1 with intervals [0, .1), [.1, .3), ..., [.9, 1])."""
-    predicted_level = torch.floor((pred.float().clamp(0, 1) + 0.1) / 0.2).clamp(max=5)
-    true_level = torch.round(target.float() * 5)
+    strength. With L levels the strengths are 0, 1/L, ..., 1 and the intervals [0, 1/2L), [1/2L, 3/2L), ...,
+    [1 - 1/2L, 1] (the paper's L = 5: [0, .1), [.1, .3), ..., [.9, 1]). ``levels`` may differ per distortion:
+    a tensor broadcast against the last dimension (e.g. CSIQ's contrast change has 4 levels)."""
+    levels = torch.as_tensor(levels, dtype=torch.float32, device=pred.device)
+    predicted_level = torch.minimum(torch.floor(pred.float().clamp(0, 1) * levels + 0.5), levels)
+    true_level = torch.round(target.float().to(pred.device) * levels)
     return float((predicted_level == true_level).float().mean())
 
 
@@ -200,6 +204,46 @@ def _device_of(model: nn.Module, device: str | torch.device | None) -> torch.dev
     return torch.device(device) if device is not None else next(model.parameters()).device
 
 
+def _distributed() -> bool:
+    return torch.distributed.is_available() and torch.distributed.is_initialized() and \
+        torch.distributed.get_world_size() > 1
+
+
+class _Phase1Step(nn.Module):
+    """Phase 1's differentiable part as one forward (what DistributedDataParallel wraps): P(d|I) of a batch,
+    with the text features encoded inside the step when the text tower trains."""
+
+    def __init__(self, model: ExIQA, encode_text: bool) -> None:
+        super().__init__()
+        self.model = model
+        self.encode_text = encode_text
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        text_diff = None
+        if self.encode_text:
+            pos, neg = self.model.encode_attribute_text()
+            text_diff = pos - neg
+        return self.model.attribute_outputs(images, text_diff=text_diff)[1]
+
+
+def _progress(progress: TrainingProgress | None, label: str, on_step: Callable[[int, float], Any] | None
+              ) -> TrainingProgress:
+    if progress is None:
+        return TrainingProgress(label, enabled=False, on_step=on_step)
+    if on_step is not None:
+        progress.on_step = on_step
+    return progress
+
+
+def _stop_everywhere(stop: bool, device: torch.device) -> bool:
+    """Rank 0's decision to stop, on every rank (they must leave the loop at the same step)."""
+    if not _distributed():
+        return stop
+    flag = torch.tensor([float(stop)], device=device)
+    torch.distributed.broadcast(flag, 0)
+    return bool(flag.item())
+
+
 def train_phase1(
     model: ExIQA,
     loader: Iterable,
@@ -212,13 +256,15 @@ def train_phase1(
     train_text: bool = True,
     device: str | torch.device | None = None,
     on_step: Callable[[int, float], None] | None = None,
-    max_seconds: float | None = None,
+    progress: TrainingProgress | None = None,
 ) -> dict[str, Any]:
     """Phase 1: learn to identify distortions (Eq. 8 BCE) with a cosine schedule and linear warm-up.
 
     Args:
         model: an :class:`ExIQA` (its CLIP stays frozen in "prompt" mode).
-        loader: batches of (images (B, 3, H, W) in [0, 1], strengths (B, 25) in [0, 1]).
+        loader: batches of (images (B, 3, H, W) in [0, 1], strengths (B, D) in [0, 1]). Under
+            ``torch.distributed`` (e.g. ``torchrun``) each process gives its own shard (a DistributedSampler)
+            and the model trains as DistributedDataParallel (gradients averaged over the processes).
         epochs: passes over ``loader``.
         lr: peak learning rate; default 2e-3 ("prompt") or 5e-5 ("full"), the paper's.
         mode: "prompt" (prompt tokens + attribute weight logits) or "full" (also all of CLIP but its logit
@@ -227,7 +273,7 @@ def train_phase1(
         weight_decay: AdamW weight decay (0 = Adam).
         device: where to train (default: the model's device).
         on_step: called as ``on_step(step, loss)`` after every optimiser step.
-        max_seconds: stop after this much wall time even if ``epochs`` are not done (time budgets).
+        progress: per-epoch bars and the stop hook (default: none drawn, never stops early).
 
     Returns:
         {"mode", "epochs", "steps", "lr", "epoch_loss": [mean loss per epoch], "step_loss": [loss per step],
@@ -240,6 +286,7 @@ def train_phase1(
     lr = PHASE1_LR[mode] if lr is None else float(lr)
     device = _device_of(model, device)
     model.to(device)
+    progress = _progress(progress, f"exiqa phase 1 ({mode})", on_step)
 
     for p in model.parameters():
         p.requires_grad_(False)
@@ -251,40 +298,40 @@ def train_phase1(
         trainable += clip_params
     for p in trainable:
         p.requires_grad_(True)
-    encode_text = mode == "full" and train_text
+    step_module: nn.Module = _Phase1Step(model, encode_text=mode == "full" and train_text)
+    if _distributed():
+        # Built after requires_grad is set: DDP synchronises exactly the trainable parameters, and starts
+        # every process from rank 0's weights.
+        step_module = nn.parallel.DistributedDataParallel(step_module)
 
     steps_per_epoch = len(loader)  # type: ignore[arg-type]
     total = epochs * steps_per_epoch
     warmup = round((epochs / 5 if warmup_epochs is None else warmup_epochs) * steps_per_epoch)
     optimizer = torch.optim.AdamW(trainable, lr=lr, weight_decay=weight_decay)
     schedule = cosine_warmup_schedule(optimizer, total, min(warmup, total))
+    world = torch.distributed.get_world_size() if _distributed() else 1
 
     model.train()
-    epoch_loss, step_loss = [], []
-    start = time.time()
-    out_of_time = False
+    step_loss: list[float] = []
+    stop = False
+    first_epoch = len(progress.epoch_loss)
     try:
-        for _ in range(epochs):
-            if out_of_time:
+        for epoch in range(epochs):
+            if stop:
                 break
-            losses = []
+            sampler = getattr(loader, "sampler", None)
+            if hasattr(sampler, "set_epoch"):
+                sampler.set_epoch(epoch)
+            progress.start_epoch(epoch, epochs, steps_per_epoch)
             for batch in loader:
                 images, strengths = _unpack(batch, ("strengths", "label"))
                 images, strengths = images.to(device), strengths.to(device)
-                text_diff = None
-                if encode_text:
-                    pos, neg = model.encode_attribute_text()
-                    text_diff = pos - neg
-                _, dist = model.attribute_outputs(images, text_diff=text_diff)
-                loss = distortion_loss(dist, strengths)
-                losses.append(_optimiser_step(loss, optimizer, schedule))
-                step_loss.append(losses[-1])
-                if on_step is not None:
-                    on_step(len(step_loss), losses[-1])
-                out_of_time = max_seconds is not None and time.time() - start >= max_seconds
-                if out_of_time:
+                loss = distortion_loss(step_module(images), strengths)
+                step_loss.append(_optimiser_step(loss, optimizer, schedule))
+                stop = _stop_everywhere(progress.step(step_loss[-1], len(images) * world), device)
+                if stop:
                     break
-            epoch_loss.append(float(np.mean(losses)) if losses else float("nan"))
+            progress.end_epoch()
     finally:
         for p in model.parameters():
             p.requires_grad_(True)
@@ -293,43 +340,54 @@ def train_phase1(
         model.eval()
         if mode == "full":
             model.refresh_text_features()  # CLIP changed: the cached features must follow
-    return {"mode": mode, "epochs": epochs, "steps": len(step_loss), "lr": lr, "epoch_loss": epoch_loss,
-            "step_loss": step_loss, "seconds": round(time.time() - start, 1)}
+    return {"mode": mode, "epochs": epochs, "steps": len(step_loss), "lr": lr,
+            "epoch_loss": progress.epoch_loss[first_epoch:], "step_loss": step_loss}
 
 
 # -------------------------------------------------------------------------------------------------- phase 2
 
 
-def _normalise_mos(mos: torch.Tensor, mos_range: tuple[float, float] | None) -> torch.Tensor:
+def _normalise_mos(mos: torch.Tensor, mos_range: tuple[float, float] | None, lower_better: bool = False
+                   ) -> torch.Tensor:
+    """Scores to [0, 1], higher = better quality: ``mos_range`` (low, high) maps low to 0 and high to 1, or
+    the reverse for ``lower_better`` scales (DMOS: low to 1, high to 0)."""
     mos = mos.float().reshape(-1)
     if mos_range is not None:
         lo, hi = map(float, mos_range)
         if not hi > lo:
             raise ValueError(f"mos_range must be (low, high) with high > low, got {mos_range}")
-        return (mos - lo) / (hi - lo)
-    if mos.numel() and (mos.min() < 0 or mos.max() > 1):
+        mos = (mos - lo) / (hi - lo)
+    elif mos.numel() and (mos.min() < 0 or mos.max() > 1):
         raise ValueError(
             f"MOS values in [{float(mos.min()):.4g}, {float(mos.max()):.4g}] are not normalised to [0, 1]: "
             "pass mos_range=(low, high) of the data set's scale"
         )
-    return mos
+    return 1 - mos if lower_better else mos
 
 
 @torch.no_grad()
 def _attribute_table(
-    model: ExIQA, loader: Iterable, device: torch.device, mos_range: tuple[float, float] | None
+    model: ExIQA, loader: Iterable, device: torch.device, mos_range: tuple[float, float] | None,
+    lower_better: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """All attribute probabilities of ``loader`` (one pass, frozen model) and their normalised MOS."""
+    """All attribute probabilities of ``loader`` (one pass, frozen model) and their normalised MOS; under
+    ``torch.distributed`` each process reads its shard and every process gets the whole table."""
     model.eval()
     feats, targets = [], []
     for batch in loader:
         images, mos = _unpack(batch, ("mos_label", "mos", "label"))
         attr, _ = model.attribute_outputs(images.to(device))
         feats.append(attr.float())
-        targets.append(_normalise_mos(mos, mos_range).to(device))
-    if not feats:
+        targets.append(_normalise_mos(mos, mos_range, lower_better).to(device))
+    table = (torch.cat(feats).cpu(), torch.cat(targets).cpu()) if feats else None
+    if _distributed():
+        shards: list[Any] = [None] * torch.distributed.get_world_size()
+        torch.distributed.all_gather_object(shards, table)
+        shards = [t for t in shards if t is not None]
+        table = (torch.cat([t[0] for t in shards]), torch.cat([t[1] for t in shards])) if shards else None
+    if table is None:
         raise ValueError("the loader yielded no batch")
-    return torch.cat(feats), torch.cat(targets)
+    return table[0].to(device), table[1].to(device)
 
 
 _MIN_ATTR_STD = 0.01  # an attribute that barely varies in training is not amplified beyond 100x
@@ -368,16 +426,25 @@ def train_phase2(
     *,
     weight_decay: float = 0.0,
     mos_range: tuple[float, float] | None = None,
+    lower_better: bool = False,
     cache_attributes: bool = True,
     batch_size: int | None = None,
     device: str | torch.device | None = None,
     on_step: Callable[[int, float], None] | None = None,
+    progress: TrainingProgress | None = None,
+    seed: int | None = None,
 ) -> dict[str, Any]:
     """Phase 2: the regressor learns normalised MOS (MSE) from the 125 attribute probabilities; all else frozen.
 
     Args:
         loader: batches of (images, MOS) or pyiqa dicts (``img``, ``mos_label``).
         mos_range: (low, high) of the MOS scale, mapped to [0, 1]; None: targets must already lie in [0, 1].
+        lower_better: the scores are DMOS-like (low = good): the targets become 1 - normalised score, so the
+            model's output stays higher-is-better.
+        progress: per-epoch bars and the stop hook (default: none drawn, never stops early).
+        seed: seeds the regressor's shuffling and dropout (None: the global random state; 0 under
+            ``torch.distributed``, where every process gathers the whole attribute table and trains the same
+            small regressor from the same seed, so all stay equal without gradient traffic).
         cache_attributes: the frozen part is deterministic (fixed resize and crop), so compute the attribute
             probabilities once and train the regressor on them (fast); False re-runs CLIP every epoch, which
             only matters when the loader augments (a first pass over ``loader`` still gives the statistics
@@ -404,12 +471,22 @@ def train_phase2(
     for p in model.regressor.parameters():
         p.requires_grad_(True)
 
-    attrs, targets = _attribute_table(model, loader, device, mos_range)
+    progress = _progress(progress, "exiqa phase 2", on_step)
+    if _distributed():
+        if not cache_attributes:
+            raise ValueError("train_phase2 under torch.distributed needs cache_attributes=True")
+        seed = 0 if seed is None else seed
+    attrs, targets = _attribute_table(model, loader, device, mos_range, lower_better)
+    generator = None
+    if seed is not None:
+        generator = torch.Generator().manual_seed(seed)
+        torch.manual_seed(seed)  # dropout: the same masks in every process
     shift, scale = attrs.mean(0), attrs.std(0, correction=0).clamp_min(_MIN_ATTR_STD)
     standardised = (attrs - shift) / scale
     if cache_attributes:
         size = batch_size or getattr(loader, "batch_size", None) or 32
-        batches: Iterable = DataLoader(TensorDataset(standardised, targets), batch_size=size, shuffle=True)
+        batches: Iterable = DataLoader(TensorDataset(standardised, targets), batch_size=size, shuffle=True,
+                                       generator=generator)
     else:
         batches = loader
     steps_per_epoch = len(batches)  # type: ignore[arg-type]
@@ -420,10 +497,14 @@ def train_phase2(
     _centre_output(model.regressor, standardised, targets)
     model.eval()
     model.regressor.train()  # dropout only where it belongs
-    epoch_loss, step_loss = [], []
+    step_loss: list[float] = []
+    first_epoch = len(progress.epoch_loss)
+    stop = False
     try:
-        for _ in range(epochs):
-            losses = []
+        for epoch in range(epochs):
+            if stop:
+                break
+            progress.start_epoch(epoch, epochs, steps_per_epoch)
             for batch in batches:
                 if cache_attributes:
                     attr, target = batch
@@ -432,20 +513,21 @@ def train_phase2(
                     with torch.no_grad():
                         attr, _ = model.attribute_outputs(images.to(device))
                     attr = (attr.float() - shift) / scale
-                    target = _normalise_mos(mos, mos_range).to(device)
+                    target = _normalise_mos(mos, mos_range, lower_better).to(device)
                 pred = model.score_from_attributes(attr).squeeze(1)
                 loss = F.mse_loss(pred.float(), target.float())
-                losses.append(_optimiser_step(loss, optimizer, schedule))
-                step_loss.append(losses[-1])
-                if on_step is not None:
-                    on_step(len(step_loss), losses[-1])
-            epoch_loss.append(float(np.mean(losses)))
+                step_loss.append(_optimiser_step(loss, optimizer, schedule))
+                stop = _stop_everywhere(progress.step(step_loss[-1], len(target)), device)
+                if stop:
+                    break
+            progress.end_epoch()
     finally:
         _unstandardise_first_layer(model.regressor[0], shift, scale)
         for name, p in model.named_parameters():
             p.requires_grad_(not name.startswith("clip."))
         model.eval()
-    return {"epochs": epochs, "steps": len(step_loss), "lr": lr, "epoch_loss": epoch_loss, "step_loss": step_loss}
+    return {"epochs": epochs, "steps": len(step_loss), "lr": lr, "epoch_loss": progress.epoch_loss[first_epoch:],
+            "step_loss": step_loss}
 
 
 # ------------------------------------------------------------------------------------------------ evaluation
@@ -468,12 +550,15 @@ def evaluate_distortions(model: ExIQA, loader: Iterable, device: str | torch.dev
     pred, target = torch.cat(preds), torch.cat(targets)
     present = target > 0
     names = model.distortion_names
+    levels = torch.tensor(model.attribute_set.distortion_levels, dtype=torch.float32).expand_as(pred)
     return {
-        "accuracy": distortion_accuracy(pred, target),
-        "accuracy_present": distortion_accuracy(pred[present], target[present]) if present.any() else float("nan"),
+        "accuracy": distortion_accuracy(pred, target, levels),
+        "accuracy_present": distortion_accuracy(pred[present], target[present], levels[present])
+        if present.any() else float("nan"),
         "rmse": distortion_rmse(pred, target),
         "bce": float(distortion_loss(pred, target)),
-        "per_distortion_accuracy": {n: distortion_accuracy(pred[:, g], target[:, g]) for g, n in enumerate(names)},
+        "per_distortion_accuracy": {n: distortion_accuracy(pred[:, g], target[:, g], levels[:, g])
+                                    for g, n in enumerate(names)},
         "num_images": int(pred.shape[0]),
     }
 
@@ -484,6 +569,7 @@ def evaluate_quality(
     loader: Iterable,
     *,
     mos_range: tuple[float, float] | None = None,
+    lower_better: bool = False,
     device: str | torch.device | None = None,
 ) -> dict[str, Any]:
     """Phase-2 metrics over ``loader`` (images, MOS): SRCC, PLCC, KRCC and RMSE of the scores against the
@@ -494,7 +580,7 @@ def evaluate_quality(
     for batch in loader:
         images, mos = _unpack(batch, ("mos_label", "mos", "label"))
         scores.append(model(images.to(device)).float().reshape(-1).cpu())
-        targets.append(_normalise_mos(mos, mos_range).cpu())
+        targets.append(_normalise_mos(mos, mos_range, lower_better).cpu())
     if not scores:
         raise ValueError("the loader yielded no batch")
     s, t = torch.cat(scores).numpy(), torch.cat(targets).numpy()

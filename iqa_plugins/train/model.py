@@ -11,7 +11,10 @@ pyiqa's ``{"params": state_dict}`` format — is pyiqa's):
 * Training steps score each crop as the data set gives it: an arch's test-time protocol (``num_crops``
   averaged crops, ``resize``) is switched off during the step and applies to validation only.
 * DistributedDataParallel on CPU too (pyiqa's wrapper asks for a CUDA device id), so ``torchrun`` with the
-  gloo backend trains on machines without GPUs.
+  gloo backend trains on machines without GPUs. Validation (rank 0 only, as in pyiqa) runs the bare network:
+  a DDP forward on one rank alone would wait forever for the others in its buffer broadcast.
+* Files: only rank 0 writes; no ``net_best.pth`` (the runner validates the final model only, so a "best"
+  copy would be the final one again, or a selection on the test rows).
 """
 
 from __future__ import annotations
@@ -75,6 +78,21 @@ class RecipeIQAModel(GeneralIQAModel):
         if self.opt["num_gpu"] > 1:
             return DataParallel(net)
         return net
+
+    def test(self) -> None:
+        net = self.get_bare_model(self.net)
+        net.eval()
+        with torch.no_grad():
+            self.output_score = self.net_forward(net)
+        net.train()
+
+    def save(self, epoch: int, current_iter: int, save_net_label: str = "net") -> None:
+        if self.opt["rank"] == 0:
+            super().save(epoch, current_iter, save_net_label)
+
+    def save_network(self, net, net_label, current_iter=None, param_key="params") -> None:
+        if net_label != "net_best":
+            super().save_network(net, net_label, current_iter, param_key)
 
     def init_training_settings(self) -> None:
         train_opt = self.opt["train"]

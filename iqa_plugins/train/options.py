@@ -87,6 +87,22 @@ def apply_overrides(opt: dict[str, Any], overrides: list[str]) -> dict[str, Any]
     return opt
 
 
+# pyiqa applies a data set's ``augment`` entries in their mapping order; a resize must come before the crop
+# (the recipes resize first, then crop 384 px), also when it arrives later through --opt or --set.
+RESIZE_AUGMENTS = ("resize", "adaptive_resize", "random_square_resize", "random_arp_resize")
+
+
+def resize_before_crop(opt: dict[str, Any]) -> dict[str, Any]:
+    """Every data set's ``augment`` with its resize entries moved first (other entries keep their order)."""
+    opt = copy.deepcopy(opt)
+    for dataset in (opt.get("datasets") or {}).values():
+        augment = dataset.get("augment")
+        if isinstance(augment, dict):
+            first = {k: v for k, v in augment.items() if k in RESIZE_AUGMENTS}
+            dataset["augment"] = {**first, **{k: v for k, v in augment.items() if k not in RESIZE_AUGMENTS}}
+    return opt
+
+
 def init_distributed(launcher: str) -> tuple[int, int]:
     """Join the process group ``torchrun`` describes; returns (rank, world_size).
 
@@ -118,7 +134,7 @@ def finalize_options(opt: dict[str, Any], root: str | os.PathLike, *, launcher: 
     from pyiqa.utils import set_random_seed
     from pyiqa.utils.options import make_paths
 
-    opt = copy.deepcopy(opt)
+    opt = resize_before_crop(opt)
     for key in ("name", "datasets", "network", "train"):
         if key not in opt:
             raise OptionsError(f"options lack the required key {key!r}")

@@ -22,6 +22,7 @@ import pickle
 import shutil
 import statistics
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,6 +30,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from iqa_plugins.train.progress import TrainingProgress
 from iqa_plugins.train.registry import register_training
 
 __all__ = ["RunResult", "run_training", "train_splits", "make_random_splits", "metric_for_arch", "install_to_cache"]
@@ -44,10 +46,11 @@ class RunResult:
     final_metrics: dict[str, dict[str, float]] = field(default_factory=dict)
     history: list[dict[str, Any]] = field(default_factory=list)
     checkpoint: Path | None = None
+    """pyiqa's ``{"params": state_dict}`` of the final model."""
     compact_checkpoint: Path | None = None
+    """The file the metric loads (``pretrained_model_path``); None for archs without a compact format."""
     model: Any = None
-    seconds: float = 0.0
-    """Wall time of the training loop (setup and the final validation excluded)."""
+    summary: str = ""
 
 
 def metric_for_arch(arch_type: str) -> str | None:
@@ -112,14 +115,31 @@ def _latest_state(opt: dict[str, Any]) -> Path | None:
     return Path(path) if path else None
 
 
-def _set_log_file(logger: logging.Logger, log_file: Path | None, rank: int, level: int) -> logging.Handler | None:
-    logger.setLevel(level if rank == 0 else logging.ERROR)
-    if rank != 0 or log_file is None:
-        return None
-    handler = logging.FileHandler(log_file, "w")
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s: %(message)s"))
-    logger.addHandler(handler)
-    return handler
+def _set_log_file(logger: logging.Logger, log_file: Path | None, rank: int, console_level: int
+                  ) -> list[tuple[logging.Handler, int]]:
+    """Everything goes to the run's log file; the console gets ``console_level`` and up (rank 0 only).
+    Returns what to undo: the added file handler (level -1) and the console handlers' previous levels."""
+    changed: list[tuple[logging.Handler, int]] = []
+    logger.setLevel(min(console_level, logging.INFO) if rank == 0 else logging.ERROR)
+    for handler in logger.handlers:
+        if type(handler) is logging.StreamHandler:
+            changed.append((handler, handler.level))
+            handler.setLevel(console_level)
+    if rank == 0 and log_file is not None:
+        file_handler = logging.FileHandler(log_file, "w")
+        file_handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s: %(message)s"))
+        logger.addHandler(file_handler)
+        changed.append((file_handler, -1))
+    return changed
+
+
+def _restore_log(logger: logging.Logger, changed: list[tuple[logging.Handler, int]]) -> None:
+    for handler, level in changed:
+        if level == -1:
+            logger.removeHandler(handler)
+            handler.close()
+        else:
+            handler.setLevel(level)
 
 
 def _validate(model, val_loaders, current_iter: int, epoch: int, history: list, rank: int) -> dict:
@@ -133,9 +153,19 @@ def _validate(model, val_loaders, current_iter: int, epoch: int, history: list, 
     return results
 
 
-def run_training(opt: dict[str, Any], *, log_level: int = logging.INFO) -> RunResult:
+def run_training(
+    opt: dict[str, Any],
+    *,
+    log_level: int = logging.WARNING,
+    progress: TrainingProgress | None = None,
+) -> RunResult:
     """Train with finalized options (``options.finalize_options``); resumes from ``path.resume_state`` or,
-    with ``auto_resume``, from the newest state of this experiment."""
+    with ``auto_resume``, from the newest state of this experiment.
+
+    ``log_level``: what reaches the console (INFO adds the options, the network and pyiqa's periodic loss
+    lines; the run's log file always gets everything). ``progress``: per-epoch bars and the per-step hook
+    (default: bars on rank 0 unless ``log_level`` is above WARNING); its ``should_stop`` ends training early.
+    """
     import pyiqa  # noqa: F401  (activates the plugin: archs resolve through pyiqa's registry)
     from pyiqa.models import build_model
     from pyiqa.utils import MessageLogger, get_root_logger, get_time_str, make_exp_dirs
@@ -146,6 +176,10 @@ def run_training(opt: dict[str, Any], *, log_level: int = logging.INFO) -> RunRe
     register_training()
     opt = copy.deepcopy(opt)
     rank = opt["rank"]
+    if progress is None:
+        progress = TrainingProgress(opt["name"], enabled=rank == 0 and log_level <= logging.WARNING)
+    elif rank != 0:
+        progress.enabled = False
     state_path = _latest_state(opt)
     if state_path is None:
         make_exp_dirs(opt)
@@ -154,7 +188,7 @@ def run_training(opt: dict[str, Any], *, log_level: int = logging.INFO) -> RunRe
     root = Path(opt["path"]["experiments_root"])
 
     logger = get_root_logger("pyiqa")
-    handler = _set_log_file(logger, root / f"train_{opt['name']}_{get_time_str()}.log", rank, log_level)
+    changed = _set_log_file(logger, root / f"train_{opt['name']}_{get_time_str()}.log", rank, log_level)
     try:
         logger.info(dict2str(opt))
         train_set, sampler, train_loader, val_loaders = _build_loaders(opt)
@@ -191,60 +225,72 @@ def run_training(opt: dict[str, Any], *, log_level: int = logging.INFO) -> RunRe
         msg_logger = MessageLogger(opt, current_iter, None)
         save_freq = int(float(opt["logger"].get("save_checkpoint_freq", 9e9)))
         val_freq = int(float((opt.get("val") or {}).get("val_freq", 9e9)))
-        # train.max_seconds: stop after this much wall time even if total_iter is not reached (time budgets).
-        max_seconds = train_opt.get("max_seconds")
-        out_of_time = False
         history: list[dict[str, Any]] = []
         start = time.time()
         epoch = start_epoch
+        stop = False
         for epoch in range(start_epoch, total_epochs):
-            if current_iter >= total_iters or out_of_time:
+            if current_iter >= total_iters or stop:
                 break
             sampler.set_epoch(epoch)
+            progress.start_epoch(epoch, total_epochs, min(iters_per_epoch, total_iters - current_iter))
             for batch in train_loader:
                 current_iter += 1
                 model.feed_data(batch)
                 model.optimize_parameters(current_iter)
+                log = model.get_current_log()
+                stop = progress.step(sum(v for k, v in log.items() if k.startswith("l_")),
+                                     len(batch["img"]) * opt["world_size"])
+                if opt["dist"]:  # every rank must stop at the same step; rank 0's hook decides
+                    flag = torch.tensor([float(stop)], device=model.device)
+                    torch.distributed.broadcast(flag, 0)
+                    stop = bool(flag.item())
                 if current_iter % opt["logger"]["print_freq"] == 0 and rank == 0:
                     msg_logger({
                         "epoch": epoch, "iter": current_iter, "lrs": model.get_current_learning_rate(),
-                        "time": (time.time() - start) / max(1, current_iter), "data_time": 0.0,
-                        **model.get_current_log(),
+                        "time": (time.time() - start) / max(1, current_iter), "data_time": 0.0, **log,
                     })
                 if current_iter % save_freq == 0:
                     model.save(epoch, current_iter)
                 if current_iter % val_freq == 0 and current_iter < total_iters and val_loaders:
                     _validate(model, val_loaders, current_iter, epoch, history, rank)
-                out_of_time = max_seconds is not None and time.time() - start >= float(max_seconds)
-                if current_iter >= total_iters or out_of_time:
+                if current_iter >= total_iters or stop:
                     break
+            progress.end_epoch()
             model.update_learning_rate(epoch + 2, warmup_iter=train_opt.get("warmup_iter", -1))
 
-        seconds = round(time.time() - start, 1)
-        stop = f"time budget of {max_seconds}s reached at iteration {current_iter}" if out_of_time else "done"
-        logger.info(f"Training {stop} in {seconds:.1f}s; saving the final model.")
-        model.save(epoch=-1, current_iter=-1)  # net_latest.pth, pyiqa's {'params': state_dict}
+        logger.info(f"Training done in {time.time() - start:.1f}s; saving the final model.")
         final = _validate(model, val_loaders, current_iter, epoch, history, rank) if val_loaders else {}
-        if opt["dist"]:
-            torch.distributed.barrier()
-        result = RunResult(opt["name"], root, current_iter, final, history, model=model, seconds=seconds)
+        result = RunResult(opt["name"], root, current_iter, final, history, model=model)
         if rank == 0:
-            result.checkpoint = Path(opt["path"]["models"]) / "net_latest.pth"
-            result.compact_checkpoint = _export_compact(opt, model, result.checkpoint)
+            result.checkpoint, result.compact_checkpoint = _save_final(opt, model)
             (root / "history.json").write_text(json.dumps({"final": final, "history": history}, indent=1))
+        if opt["dist"]:  # the other ranks wait here while rank 0 validates and writes
+            torch.distributed.barrier()
+        result.summary = progress.summary() + "".join(
+            f"; {name} SRCC {m.get('srcc', float('nan')):.4f} PLCC {m.get('plcc', float('nan')):.4f}"
+            for name, m in final.items())
         return result
     finally:
-        if handler is not None:
-            logger.removeHandler(handler)
-            handler.close()
+        progress.end_epoch()
+        _restore_log(logger, changed)
 
 
-def _export_compact(opt: dict[str, Any], model, pyiqa_checkpoint: Path) -> Path | None:
-    """Write the plugin's compact checkpoint next to pyiqa's, for archs that define one."""
+PYIQA_PARAMS_FILE = "pyiqa_params_final.pth"
+
+
+def _save_final(opt: dict[str, Any], model) -> tuple[Path, Path | None]:
+    """The final weights: pyiqa's ``{"params": state_dict}`` under ``models/`` (for pyiqa's own tools) and,
+    for the plugin's archs, the metric's compact checkpoint ``<experiment>/<metric>.pth``, the file to use."""
     from iqa_plugins.train.checkpoints import save_compact
+    from iqa_plugins.weights import save_checkpoint
 
     net = model.get_bare_model(model.net)
-    return save_compact(opt, net, pyiqa_checkpoint.with_name("compact_latest.pth"))
+    params = {k.removeprefix("module."): v.detach().cpu() for k, v in net.state_dict().items()}
+    pyiqa_file = save_checkpoint({"params": params}, Path(opt["path"]["models"]) / PYIQA_PARAMS_FILE)
+    metric = metric_for_arch(opt["network"]["type"])
+    compact = save_compact(opt, net, Path(opt["path"]["experiments_root"]) / f"{metric}.pth") if metric else None
+    return pyiqa_file, compact
 
 
 def install_to_cache(checkpoint: Path, arch_type: str) -> Path:
@@ -300,13 +346,15 @@ def train_splits(
     num_splits: int,
     train_ratio: float = 0.8,
     seed: int = 123,
-    log_level: int = logging.INFO,
+    log_level: int = logging.WARNING,
+    report: Callable[[str], Any] | None = None,
 ) -> dict[str, Any]:
     """Train once per random train/val split of the training meta file and tabulate the final results.
 
     Every data set in ``opt['datasets']`` reading the training meta file gets the split (train rows for the
     ``train`` phase, the rest for ``val``); other validation sets (cross-data-set tests) are used whole.
     Returns the results table (also written to ``experiments/<name>/results.{json,csv}`` on rank 0).
+    ``report`` receives one summary line per finished split (rank 0).
     """
     import torch.distributed as dist
 
@@ -337,6 +385,8 @@ def train_splits(
                 dataset_opt.update(split_file=str(split_file), split_index=index)
         result = run_training(run_opt, log_level=log_level)
         runs.append(result)
+        if report is not None and opt["rank"] == 0:
+            report(f"split {index}/{num_splits}: {result.summary}")
         for dataset, metrics in result.final_metrics.items():
             rows.append({
                 "split": index, "dataset": dataset, "train_rows": len(splits[index]["train"]),

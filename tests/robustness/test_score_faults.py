@@ -376,7 +376,7 @@ def test_explain_columns_and_resume_toggling_explain(cli, good_images, tmp_path,
                  "--resume").code == 0
     rows = rows_of(out)
     assert sorted(r["path"] for r in rows) == good
-    assert "drexperts:hazy" in rows[0] and all(len(r) == len(rows[0]) for r in rows)
+    assert "drexperts:share:hazy" in rows[0] and "drexperts:weight:hazy" in rows[0] and all(len(r) == len(rows[0]) for r in rows)
 
 
 @pytest.mark.parametrize(

@@ -15,6 +15,7 @@ import torch
 from tiny_setup import tiny_options
 
 from iqa_plugins.train.options import finalize_options
+from iqa_plugins.train.progress import TrainingProgress
 from iqa_plugins.train.runner import make_random_splits, run_training, train_splits
 
 
@@ -52,9 +53,9 @@ def test_training_changes_weights_and_lowers_loss(tiny_set, tmp_path):
 def test_time_budget_stops_training_and_records_the_steps_reached(tiny_set, tmp_path):
     images, meta = tiny_set
     opt = tiny_options(images, meta, epochs=6)
-    opt["train"]["max_seconds"] = 0  # spent after the first iteration
-    result = run_training(finalize_options(opt, tmp_path), log_level=logging.WARNING)
-    assert result.iterations == 1 and result.checkpoint.is_file() and result.seconds >= 0
+    progress = TrainingProgress("tiny", enabled=False, stop_when=lambda p: p.elapsed >= 0)  # spent at once
+    result = run_training(finalize_options(opt, tmp_path), log_level=logging.WARNING, progress=progress)
+    assert result.iterations == 1 and progress.steps == 1 and result.checkpoint.is_file()
 
 
 def test_resume_mid_epoch_reproduces_the_uninterrupted_run(tiny_set, tmp_path):
@@ -108,7 +109,7 @@ def test_ddp_two_cpu_processes_train_in_step(tiny_set, tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
     done = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-         str(worker), str(images), str(meta), str(tmp_path)],
+         str(worker), "tiny", str(images), str(meta), str(tmp_path)],
         capture_output=True, text=True, env=env, timeout=300,
     )
     assert done.returncode == 0, done.stderr[-3000:]

@@ -77,3 +77,19 @@ def tiny_options(images: Path, meta: Path, *, epochs: int = 3, batch: int = 4, v
         opt["val"] = {"val_freq": 9e9, "metrics": {"srcc": {"type": "calculate_srcc"},
                                                    "plcc": {"type": "calculate_plcc"}}}
     return opt
+
+
+def small_drexperts_options(images: Path, meta: Path) -> dict:
+    """The real small DR.Experts with the demo's recipe on the tiny set (32 px crops), validation on."""
+    from iqa_plugins.train.demo import drexperts_options
+
+    opt = drexperts_options(images.parent, images.parent, epochs=1, batch=4)
+    for dataset in opt["datasets"].values():
+        dataset.update(dataroot_target=str(images), meta_info_file=str(meta))
+    opt["datasets"]["train"]["augment"]["random_crop"] = 32  # the tiny set's images are 32 px
+    opt["datasets"]["train"]["dataset_enlarge_ratio"] = 1
+    opt["network"]["config"]["img_size"] = 32
+    opt["network"]["num_crops"] = 2
+    opt["datasets"]["val"] = {**opt["datasets"]["train"], "augment": {}, "batch_size_per_gpu": 1}
+    opt["val"] = {"val_freq": 9e9, "metrics": {"srcc": {"type": "calculate_srcc"}}}
+    return opt
