@@ -15,7 +15,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
 IMAGE_EXTENSIONS = frozenset(
     {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".gif", ".ppm", ".pgm", ".jp2"}
@@ -67,7 +67,14 @@ def _to_rgb_array(img: Image.Image) -> np.ndarray:
 
 @contextmanager
 def _decoding(path: Path) -> Iterator[None]:
-    """Turn whatever PIL raises while opening or decoding ``path`` into an :class:`ImageReadError`."""
+    """Turn whatever PIL raises while opening or decoding ``path`` into an :class:`ImageReadError`.
+
+    A truncated file is an error even where another library has told PIL to accept truncated images
+    (importing pyiqa's data sets sets ``ImageFile.LOAD_TRUNCATED_IMAGES`` process-wide): the flag is off while
+    decoding here and restored afterwards.
+    """
+    accept_truncated = ImageFile.LOAD_TRUNCATED_IMAGES
+    ImageFile.LOAD_TRUNCATED_IMAGES = False
     try:
         yield
     except Image.DecompressionBombError as error:  # not an OSError: a header claiming billions of pixels
@@ -78,6 +85,8 @@ def _decoding(path: Path) -> Iterator[None]:
         raise ImageReadError(path, "not a recognised image format (corrupt, or not an image)") from None
     except (OSError, ValueError, SyntaxError) as error:  # truncated data, bad headers, decoder errors
         raise ImageReadError(path, f"could not decode image: {error}") from None
+    finally:
+        ImageFile.LOAD_TRUNCATED_IMAGES = accept_truncated
 
 
 def read_image(path: str | os.PathLike, min_side: int = DEFAULT_MIN_SIDE) -> np.ndarray:

@@ -110,3 +110,15 @@ def test_collect_images_walks_globs_and_reports_empty_or_missing(tmp_path):
     assert reasons[str(tmp_path / "empty")] == "directory contains no image files"
     assert reasons[str(tmp_path / "missing")] == "no such file or directory"
     assert reasons[str(tmp_path / "*.webp")] == "pattern matches no image files"
+
+
+def test_truncated_file_is_an_error_even_when_pil_was_told_to_accept_them(tmp_path, monkeypatch):
+    from PIL import ImageFile
+
+    Image.fromarray(_rgb(200, 200)).save(tmp_path / "whole.png")
+    data = (tmp_path / "whole.png").read_bytes()
+    (tmp_path / "cut.png").write_bytes(data[: len(data) // 2])
+    monkeypatch.setattr(ImageFile, "LOAD_TRUNCATED_IMAGES", True)  # what importing pyiqa's data sets does
+    with pytest.raises(ImageReadError, match="cut.png"):
+        read_image(tmp_path / "cut.png")
+    assert ImageFile.LOAD_TRUNCATED_IMAGES is True  # the caller's setting is left as it was
