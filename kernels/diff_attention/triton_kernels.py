@@ -62,51 +62,67 @@ def _limits(args: dict) -> dict[str, int]:
 def smem_bytes(kernel: str, cfg: dict[str, int], D: int, DV: int, elem: int) -> int:
     """Dynamic shared memory (bytes) Triton allocates for one program of `kernel` ("fwd", "bwd_kv", "bwd_q").
 
-    Triton's software pipeliner keeps (num_stages - 1) copies of every load issued inside the main loop (all
-    BLOCK_D chunks of the loop body, as the chunk loop is unrolled); loop-invariant tiles are loaded once, and
-    the fp32 probability tiles pass through shared memory on their way into `tl.dot`. Calibrated against
-    Triton 3.8's allocation for sm_80/sm_90 (the offline compile check prints model and actual side by side,
-    and fails if a selectable config exceeds the limit).
+    With num_stages >= 2 Triton's software pipeliner keeps (num_stages - 1) copies of every load issued inside
+    the main loop (all BLOCK_D chunks of the loop body, as the chunk loop is unrolled), loop-invariant tiles
+    once, and the fp32 probability tiles pass through shared memory on their way into `tl.dot`. With one stage
+    nothing is multi-buffered: what remains are the operands of the products (the whole-row operands of the
+    backward's accumulating products are live together). An upper bound calibrated against Triton 3.8's
+    allocations for sm_80/sm_90; the offline compile check prints model and actual side by side and fails if
+    a selectable config exceeds the target.
     """
-    bm, bn, stages = cfg["BLOCK_M"], cfg["BLOCK_N"], cfg["num_stages"]
-    copies = max(1, stages - 1)
+    bm, bn, bd, stages = cfg["BLOCK_M"], cfg["BLOCK_N"], cfg["BLOCK_D"], cfg["num_stages"]
+    copies = stages - 1
     if kernel == "fwd":
         per_iter = (2 * bn * D + bn * cfg["BLOCK_DV"]) * elem  # K1, K2 (all chunks) and one V tile
         once = 2 * bm * D * elem  # Q1, Q2: loop-invariant
-        probs = 2 * bm * bn * 4
-    elif kernel == "bwd_kv":
+        if copies < 1:
+            per_iter = (2 * bn * bd + bn * cfg["BLOCK_DV"]) * elem  # one chunk of K1 and K2, the V tile
+        total = max(1, copies) * per_iter + once + 2 * bm * bn * 4
+    elif kernel in ("bwd_kv", "bwd_q"):
         wd, wv = _pow2(D), _pow2(DV)
-        # Q1, Q2, dO: chunks for S1, S2, dP and whole rows for the dK1, dK2, dV products
-        per_iter = (2 * bm * D + bm * DV + 2 * bm * wd + bm * wv) * elem
-        once = (2 * bn * D + bn * DV) * elem  # K1, K2, V of the program's key block
+        if kernel == "bwd_kv":  # Q1, Q2, dO: chunks for S1, S2, dP and whole rows for the dK1, dK2, dV products
+            per_iter = (2 * bm * D + bm * DV + 2 * bm * wd + bm * wv) * elem
+            once = (2 * bn * D + bn * DV) * elem  # K1, K2, V of the program's key block
+            rows = (2 * bm * wd + bm * wv) * elem
+        else:  # K1, K2, V chunks and whole K1, K2 rows
+            per_iter = (2 * bn * D + bn * DV + 2 * bn * wd) * elem
+            once = (2 * bm * D + bm * DV) * elem  # Q1, Q2, dO of the program's query block
+            rows = 2 * bn * wd * elem
         probs = 3 * bm * bn * 4
-    elif kernel == "bwd_q":
-        wd = _pow2(D)
-        per_iter = (2 * bn * D + bn * DV + 2 * bn * wd) * elem  # K1, K2, V chunks and whole K1, K2 rows
-        once = (2 * bm * D + bm * DV) * elem  # Q1, Q2, dO of the program's query block
-        probs = 2 * bm * bn * 4
+        if copies >= 1:
+            total = copies * per_iter + once + probs
+        else:  # whole-row operands plus one chunk pair for each of S1, S2, dP
+            total = rows + 3 * (bm + bn) * bd * elem + probs
     else:
         raise ValueError(f"unknown kernel {kernel!r}")
-    return copies * per_iter + once + probs
+    return total + _SMEM_SLACK
+
+
+# Barriers and reduction scratch Triton adds to the tiles (64 B measured; rounded up).
+_SMEM_SLACK = 1024
 
 
 # ---------------------------------------------------------------- configurations
 
-# Rows: BLOCK_M, BLOCK_N, BLOCK_D, BLOCK_DV, num_warps, num_stages. Why each row is there:
-# d <= 64: flash-attention's usual 64/128 tiles; d = 128: BLOCK_D covers d in one chunk; large d: tiles small
-# enough that K1, K2 (all of d) and a V tile fit twice in shared memory (bf16 and fp32, sm_80 and sm_90),
-# with a single-stage row as the last resort for fp32 at d = 512 on sm_80.
+# Rows: BLOCK_M, BLOCK_N, BLOCK_D, BLOCK_DV, num_warps, num_stages, in order of preference (the pruner keeps
+# the first few that fit). d <= 64: flash-attention's usual 128/64 tiles (and 64-row tiles for short
+# sequences); d = 128: BLOCK_D covers d in one chunk; large d: tiles small enough that K1, K2 (all of d) and a
+# V tile fit twice in shared memory (bf16 on sm_80/sm_90, fp32 on sm_90), then 16 x 16 tiles with two stages
+# and with one (fp32 at d = 384/512 on sm_80).
 _FWD_TABLE = [
-    (64, 64, 64, 64, 4, 3), (128, 64, 64, 64, 8, 3), (128, 128, 64, 64, 8, 2),
-    (64, 64, 128, 128, 4, 2), (128, 64, 128, 128, 8, 2),
+    (128, 64, 64, 64, 8, 3), (64, 64, 64, 64, 4, 3), (128, 64, 128, 128, 8, 2), (64, 64, 128, 128, 4, 2),
     (64, 32, 128, 128, 4, 2), (32, 32, 128, 128, 4, 2), (16, 16, 128, 128, 4, 2), (16, 16, 128, 128, 4, 1),
 ]
-# Rows: BLOCK_M, BLOCK_N, BLOCK_D, num_warps, num_stages (the output rows are whole: dV, dK, dQ accumulators
-# are (block, next_pow2(d)) so S1, S2 and dP are computed once per tile pair).
+# Rows: BLOCK_M, BLOCK_N, BLOCK_D, num_warps, num_stages. The output rows are whole (dV, dK, dQ accumulators
+# are (block, next_pow2(d)), so S1, S2 and dP are computed once per tile pair); with d = 384 these
+# accumulators take 3 x 16 x 512 fp32 per key block, hence 16-row blocks and 8 warps for large d.
 _BWD_TABLE = [
     (64, 64, 64, 4, 2), (32, 64, 64, 4, 2), (64, 32, 64, 4, 2),
-    (32, 32, 128, 4, 2), (16, 32, 128, 8, 2), (32, 16, 128, 8, 2), (16, 16, 128, 8, 1),
+    (16, 32, 128, 8, 2), (32, 16, 128, 8, 2), (16, 16, 128, 8, 2), (16, 16, 128, 8, 1),
 ]
+# Configs tried per autotuning key: each one is compiled before it can be timed (seconds each at large d),
+# so a new key costs at most this many compiles.
+MAX_CANDIDATES = 3
 _FWD_KEY = ["M_BUCKET", "N_BUCKET", "D", "DV", "IS_SPLIT", "SAVE_O2"]
 _BWD_KEY = ["M_BUCKET", "N_BUCKET", "D", "DV"]
 FWD_CONFIGS = [
@@ -126,16 +142,20 @@ class NoConfigFits(RuntimeError):
 def select_configs(
     kernel: str, configs: Iterable[triton.Config], args: dict[str, Any], elem: int, smem_limit: int
 ) -> list[triton.Config]:
-    """The configs the autotuner may try: tiles clamped to the problem, duplicates dropped, and those whose
-    modelled shared memory exceeds `smem_limit` removed. Raises NoConfigFits when none is left."""
+    """The configs the autotuner may try: tiles clamped to the problem, duplicates and those whose modelled
+    shared memory exceeds `smem_limit` dropped, the first MAX_CANDIDATES kept. Raises NoConfigFits if none fits."""
     limits = _limits(args)
     kept: dict[tuple, triton.Config] = {}
     for c in configs:
         kw = {k: min(v, limits[k]) for k, v in c.kwargs.items()}
+        if kw["BLOCK_D"] < min(128, limits["BLOCK_D"]):  # d > 64 is reduced in chunks of 128 (fewer unrolled steps)
+            continue
         if smem_bytes(kernel, {**kw, "num_stages": c.num_stages}, args["D"], args["DV"], elem) > smem_limit:
             continue
         key = (tuple(kw.items()), c.num_warps, c.num_stages)
         kept.setdefault(key, triton.Config(kw, num_warps=c.num_warps, num_stages=c.num_stages))
+        if len(kept) == MAX_CANDIDATES:
+            break
     if not kept:
         raise NoConfigFits(
             f"diff_attention: no {kernel} configuration fits in {smem_limit} bytes of shared memory "
@@ -235,7 +255,14 @@ def _dot_cast(a, b, acc, UPCAST: tl.constexpr, DOT_PREC: tl.constexpr):
     return tl.dot(a.to(b.dtype), b, acc, input_precision=DOT_PREC)
 
 
-@triton.jit
+# Sizes are not specialised on (Triton would compile again whenever one of them is 1 or divisible by 16):
+# one compile serves every batch, head count and sequence length of a (d, dtype, tiles) key;
+# alpha's strides likewise (0 for a per-head parameter broadcast over the batch).
+_FWD_SIZES = ["H", "M", "N", "n_per_split", "num_splits", "n_slices", "M_BUCKET", "N_BUCKET", "sab", "sah"]
+_BWD_SIZES = ["H", "BH", "M", "N", "M_BUCKET", "N_BUCKET", "sab", "sah"]
+
+
+@triton.jit(do_not_specialize=_FWD_SIZES)
 def _fwd_kernel(
     Q1, K1, Q2, K2, V, ALPHA, O, O2, LSE1, LSE2,
     sq1b, sq1h, sq1m, sk1b, sk1h, sk1n, sq2b, sq2h, sq2m, sk2b, sk2h, sk2n, svb, svh, svn, sab, sah,
@@ -315,7 +342,7 @@ def _fwd_kernel(
     tl.store(LSE2 + (bhs * M + offs_m), (m2 + tl.log2(l2)) / 1.4426950408889634, mask=lse_mask)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["H", "sab", "sah", "M", "num_splits"])
 def _combine_kernel(
     O1P, O2P, LSE1P, LSE2P, ALPHA, O, O2, LSE1, LSE2, H, sab, sah, M, num_splits,
     DV: tl.constexpr, SAVE_O2: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_DV: tl.constexpr,
@@ -390,7 +417,7 @@ def _score_grads(
     return p1 - alpha * p2, ds1, ds2
 
 
-@triton.jit
+@triton.jit(do_not_specialize=_BWD_SIZES)
 def _bwd_kv_kernel(
     Q1, K1, Q2, K2, V, DO, ALPHA, LSE1, LSE2, R1, R2, DK1, DK2, DVo,
     sq1b, sq1h, sq1m, sk1b, sk1h, sk1n, sq2b, sq2h, sq2m, sk2b, sk2h, sk2n, svb, svh, svn, sdob, sdoh, sdom,
@@ -436,7 +463,7 @@ def _bwd_kv_kernel(
     tl.store(DK2 + (rows * D + cols_d), acc_k2.to(DK2.dtype.element_ty), mask=row_ok & (cols_d < D))
 
 
-@triton.jit
+@triton.jit(do_not_specialize=_BWD_SIZES)
 def _bwd_q_kernel(
     Q1, K1, Q2, K2, V, DO, ALPHA, LSE1, LSE2, R1, R2, DQ1, DQ2,
     sq1b, sq1h, sq1m, sk1b, sk1h, sk1n, sq2b, sq2h, sq2m, sk2b, sk2h, sk2n, svb, svh, svn, sdob, sdoh, sdom,
