@@ -331,9 +331,14 @@ def main(argv: list[str] | None = None) -> int:
         os.environ["TRITON_CACHE_DIR"] = cache  # a fresh cache: timings are real compiles
         ctx = multiprocessing.get_context("spawn")
         with concurrent.futures.ProcessPoolExecutor(max_workers=max(1, args.jobs), mp_context=ctx) as pool:
-            for job, record in zip(jobs, pool.map(compile_job, jobs)):
-                record["covers"] = [list(c) for c in covers[job]]
+            futures = {pool.submit(compile_job, job): job for job in jobs}
+            for done, future in enumerate(concurrent.futures.as_completed(futures), 1):
+                record = future.result()
+                record["covers"] = [list(c) for c in covers[futures[future]]]
                 records.append(record)
+                print(f"[{done}/{len(jobs)}] {record['target']} {record['kernel']} {record['dtype']} "
+                      f"{record.get('config', '')}: {'; '.join(problems(record)) or 'ok'} "
+                      f"({record.get('seconds', '-')} s)", flush=True)
     records.sort(key=lambda r: (r["target"], r["kernel"], r["dtype"], r["case"], r.get("config", "")))
     print_table(records)
     failed = [r for r in records if problems(r)]

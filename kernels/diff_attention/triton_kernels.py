@@ -122,7 +122,7 @@ _BWD_TABLE = [
 ]
 # Configs tried per autotuning key: each one is compiled before it can be timed (seconds each at large d),
 # so a new key costs at most this many compiles.
-MAX_CANDIDATES = 3
+MAX_CANDIDATES = 2
 _FWD_KEY = ["M_BUCKET", "N_BUCKET", "D", "DV", "IS_SPLIT", "SAVE_O2"]
 _BWD_KEY = ["M_BUCKET", "N_BUCKET", "D", "DV"]
 FWD_CONFIGS = [

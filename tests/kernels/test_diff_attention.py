@@ -217,17 +217,17 @@ def test_triton_path_opcheck():
 
 @needs_kernels
 def test_triton_path_alpha_expanded_per_head_parameter_is_not_copied():
-    from iqa_plugins.kernels.diff_attention import triton_kernels
+    from iqa_plugins.kernels.diff_attention import op, triton_kernels
 
     B, H = 3, 4
     inputs = make_inputs(B, H, 1, 40, 32, 24, device=KERNEL_DEVICE)
     per_head = (torch.rand(H, device=KERNEL_DEVICE) + 0.1).requires_grad_()
-    alpha = per_head.expand(B, H)  # what a per-expert parameter looks like when experts are stacked as heads
-    assert alpha.stride() == (0, 1)
+    # a per-expert parameter with experts stacked as heads reaches the kernels as a stride-0 view, uncopied
+    alpha = op._alpha_tensor(per_head, inputs[0])
+    assert alpha.stride() == (0, 1) and alpha.data_ptr() == per_head.data_ptr()
     view = triton_kernels._alpha_bh(alpha.detach(), B, H, alpha.device)
     assert view.data_ptr() == per_head.data_ptr() and view.stride() == (0, 1)
-    check_vs_float64(inputs, alpha, tol=2e-5)
-    assert per_head.grad is not None and per_head.grad.shape == (H,)
+    check_vs_float64(inputs, per_head, tol=2e-5)
 
 
 @needs_kernels
@@ -432,3 +432,12 @@ def test_gpu_real_shapes_vs_float64(shape, dtype):
     alpha = (torch.rand(shape[0], shape[1], device="cuda") * 0.8).requires_grad_()
     tol = {torch.bfloat16: 2e-2, torch.float16: 5e-3, torch.float32: 2e-5}[dtype]
     check_vs_float64(inputs, alpha, tol=tol)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two CUDA devices")
+def test_gpu_tensors_on_another_device_than_the_current_one():
+    inputs = make_inputs(2, 3, 17, 45, 64, 32, device="cuda:1")
+    alpha = torch.rand(2, 3, device="cuda:1").requires_grad_()
+    with torch.cuda.device(0):  # the kernels must launch on cuda:1, where the tensors live
+        check_vs_float64(inputs, alpha, tol=2e-5)
