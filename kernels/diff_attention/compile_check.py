@@ -92,7 +92,9 @@ def _select_target(target: str) -> None:
             raise RuntimeError("no benchmarking without a GPU")
 
         def get_current_device(self) -> int:
-            return 0
+            # Triton caches the target per device: one pretend device per target, so that a worker process
+            # switching targets does not reuse the previous target's compiler
+            return capability
 
         def get_current_stream(self, device: int | None = None) -> int:
             return 0
@@ -225,6 +227,8 @@ def compile_job(job: Job) -> dict[str, Any]:
         record.update(ok=False, error=f"{type(exc).__name__}: {str(exc).strip()[:400]}")
         return record
     record["seconds"] = round(time.perf_counter() - start, 2)
+    if kernel.metadata.target.arch != TARGETS[job.target][0]:
+        raise RuntimeError(f"compiled for sm_{kernel.metadata.target.arch}, not {job.target}")
     record["smem"] = kernel.metadata.shared
     record["path"] = _tensor_core_path(kernel.asm.get("ttgir", ""), kernel.asm.get("ptx", ""))
     record["i32_addptr"] = _i32_addptrs(kernel.asm.get("ttir", ""))
