@@ -110,7 +110,7 @@ def _plan(case: str, dtype: str, direction: str, target: str):  # noqa: ANN202
     dt, tf32 = DTYPES[dtype]
     torch.backends.cuda.matmul.allow_tf32 = tf32
     capability, sms = TARGETS[target]
-    tgt = tk.Target(tk.SMEM_LIMITS[divmod(capability, 10)], sms)
+    tgt = tk.Target(tk.SMEM_LIMITS[divmod(capability, 10)], sms, capability == 90)
 
     def t(*shape: int, dtype: torch.dtype = dt) -> torch.Tensor:
         return torch.empty(*shape, device="meta", dtype=dtype)
@@ -131,7 +131,7 @@ def _candidates(launch, tgt) -> list[tuple | None]:  # noqa: ANN001
         return [None]
     named = {**dict(zip(launch.kernel.arg_names, launch.args)), **launch.constexprs}
     elem = launch.args[0].element_size()
-    configs = tk.select_configs(launch.name, tk.TUNED_CONFIGS[launch.name], named, elem, tgt.smem_limit)
+    configs = tk.select_configs(launch.name, tk.TUNED_CONFIGS[launch.name], named, elem, tgt.smem_limit, tgt.hopper)
     return [(tuple(c.kwargs.items()), c.num_warps, c.num_stages) for c in configs]
 
 
@@ -218,7 +218,7 @@ def compile_job(job: Job) -> dict[str, Any]:
     }
     if launch.name in tk.TUNED_CONFIGS:
         elem = launch.args[0].element_size()
-        record["smem_model"] = tk.smem_bytes(launch.name, constexprs, constexprs["D"], constexprs["DV"], elem)
+        record["smem_model"] = tk.smem_bytes(launch.name, constexprs, constexprs["D"], constexprs["DV"], elem, tgt.hopper)
     start = time.perf_counter()
     try:
         with _without_ptxas(not job.ptxas):
@@ -250,8 +250,9 @@ def problems(record: dict[str, Any]) -> list[str]:
     out = []
     if record["smem"] > record["smem_limit"]:
         out.append(f"shared memory {record['smem']} B > {record['smem_limit']} B")
-    if record.get("local", 0) > 0:
-        out.append(f"{record['local']} B of local memory per thread (register spills)")
+    spilled = record.get("local", 0) + record.get("stack", 0)  # the kernels have no local arrays
+    if spilled > 0:
+        out.append(f"{spilled} B of stack/local memory per thread (register spills)")
     if record["i32_addptr"]:
         out.append(f"{record['i32_addptr']} pointer offsets in 32-bit arithmetic")
     return out

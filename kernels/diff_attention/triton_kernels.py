@@ -59,35 +59,44 @@ def _limits(args: dict) -> dict[str, int]:
 
 # ---------------------------------------------------------------- shared-memory model
 
-def smem_bytes(kernel: str, cfg: dict[str, int], D: int, DV: int, elem: int) -> int:
+def smem_bytes(kernel: str, cfg: dict[str, int], D: int, DV: int, elem: int, hopper: bool = False) -> int:
     """Dynamic shared memory (bytes) Triton allocates for one program of `kernel` ("fwd", "bwd_kv", "bwd_q").
 
     With num_stages >= 2 Triton's software pipeliner keeps (num_stages - 1) copies of every load issued inside
     the main loop (all BLOCK_D chunks of the loop body, as the chunk loop is unrolled), loop-invariant tiles
-    once, and the fp32 probability tiles pass through shared memory on their way into `tl.dot`. With one stage
-    nothing is multi-buffered: what remains are the operands of the products (the whole-row operands of the
-    backward's accumulating products are live together). An upper bound calibrated against Triton 3.8's
-    allocations for sm_80/sm_90; the offline compile check prints model and actual side by side and fails if
-    a selectable config exceeds the target.
+    once, and the fp32 probability tiles pass through shared memory on their way into `tl.dot`. On Hopper
+    (`hopper`) tiles with 64 or more rows take the warp-group MMA path, which keeps num_stages copies of the
+    loop's loads and feeds the probabilities from registers. With one stage nothing is multi-buffered: what
+    remains are the operands of the products (the whole-row operands of the backward's accumulating products
+    are live together). An upper bound calibrated against Triton 3.8's allocations for sm_80/sm_90; the
+    offline compile check prints model and actual side by side and fails if a selectable config exceeds the
+    target.
     """
+    if hopper and max(cfg["BLOCK_M"], cfg["BLOCK_N"]) >= 64:  # fp32 without TF32 keeps the FMA path
+        return max(_smem_model(kernel, cfg, D, DV, elem, True), _smem_model(kernel, cfg, D, DV, elem, False))
+    return _smem_model(kernel, cfg, D, DV, elem, False)
+
+
+def _smem_model(kernel: str, cfg: dict[str, int], D: int, DV: int, elem: int, wgmma: bool) -> int:
     bm, bn, bd, stages = cfg["BLOCK_M"], cfg["BLOCK_N"], cfg["BLOCK_D"], cfg["num_stages"]
-    copies = stages - 1
+    copies = stages if wgmma else stages - 1
     if kernel == "fwd":
         per_iter = (2 * bn * D + bn * cfg["BLOCK_DV"]) * elem  # K1, K2 (all chunks) and one V tile
         once = 2 * bm * D * elem  # Q1, Q2: loop-invariant
         if copies < 1:
             per_iter = (2 * bn * bd + bn * cfg["BLOCK_DV"]) * elem  # one chunk of K1 and K2, the V tile
-        total = max(1, copies) * per_iter + once + 2 * bm * bn * 4
+        probs = 0 if wgmma else 2 * bm * bn * 4
+        total = max(1, copies) * per_iter + once + probs
     elif kernel in ("bwd_kv", "bwd_q"):
         wd, wv = _pow2(D), _pow2(DV)
         if kernel == "bwd_kv":  # Q1, Q2, dO: chunks for S1, S2, dP and whole rows for the dK1, dK2, dV products
             per_iter = (2 * bm * D + bm * DV + 2 * bm * wd + bm * wv) * elem
             once = (2 * bn * D + bn * DV) * elem  # K1, K2, V of the program's key block
             rows = (2 * bm * wd + bm * wv) * elem
-        else:  # K1, K2, V chunks and whole K1, K2 rows
+        else:  # K1, K2, V chunks and whole K1, K2 rows; dO rows of the query block stay for dP
             per_iter = (2 * bn * D + bn * DV + 2 * bn * wd) * elem
             once = (2 * bm * D + bm * DV) * elem  # Q1, Q2, dO of the program's query block
-            rows = 2 * bn * wd * elem
+            rows = (2 * bn * wd + bm * DV) * elem
         probs = 3 * bm * bn * 4
         if copies >= 1:
             total = copies * per_iter + once + probs
@@ -140,7 +149,8 @@ class NoConfigFits(RuntimeError):
 
 
 def select_configs(
-    kernel: str, configs: Iterable[triton.Config], args: dict[str, Any], elem: int, smem_limit: int
+    kernel: str, configs: Iterable[triton.Config], args: dict[str, Any], elem: int, smem_limit: int,
+    hopper: bool = False,
 ) -> list[triton.Config]:
     """The configs the autotuner may try: tiles clamped to the problem, duplicates and those whose modelled
     shared memory exceeds `smem_limit` dropped, the first MAX_CANDIDATES kept. Raises NoConfigFits if none fits."""
@@ -150,7 +160,7 @@ def select_configs(
         kw = {k: min(v, limits[k]) for k, v in c.kwargs.items()}
         if kw["BLOCK_D"] < min(128, limits["BLOCK_D"]):  # d > 64 is reduced in chunks of 128 (fewer unrolled steps)
             continue
-        if smem_bytes(kernel, {**kw, "num_stages": c.num_stages}, args["D"], args["DV"], elem) > smem_limit:
+        if smem_bytes(kernel, {**kw, "num_stages": c.num_stages}, args["D"], args["DV"], elem, hopper) > smem_limit:
             continue
         key = (tuple(kw.items()), c.num_warps, c.num_stages)
         kept.setdefault(key, triton.Config(kw, num_warps=c.num_warps, num_stages=c.num_stages))
@@ -167,10 +177,13 @@ def select_configs(
 def decode_config(D: int, DV: int, elem: int, smem_limit: int) -> dict[str, int]:
     """Forward tiles for M <= 16 without autotuning: a decode call is bandwidth-bound, so one program covers
     the whole dv (K1, K2 are streamed once per split), with the widest key block that fits in shared memory
-    twice (prefetch of the next block), else once."""
+    twice (prefetch of the next block), else once. fp32 keeps 16-key blocks: its products run on FMA units
+    with operands in registers, and 32-key blocks spill (ptxas, sm_90, d = 384)."""
     bd = min(128, _pow2(max(D, DV)))
     bdv = _pow2(DV)
     for bn, stages in ((64, 2), (32, 2), (16, 2), (16, 1)):
+        if elem == 4 and bn > 16:
+            continue
         cfg = {"BLOCK_M": 16, "BLOCK_N": bn, "BLOCK_D": bd, "BLOCK_DV": bdv, "num_stages": stages}
         if smem_bytes("fwd", cfg, D, DV, elem) <= smem_limit:
             # 16 x 512 fp32 accumulators (two of them) want 8 warps to stay in registers
@@ -188,15 +201,12 @@ def device_smem_limit(index: int) -> int:
     return limit or SMEM_LIMITS.get((props.major, props.minor), 101_376)
 
 
-def _smem_limit_of(t: Tensor) -> int:
-    return device_smem_limit(t.device.index if t.device.index is not None else torch.cuda.current_device())
-
-
 def _autotune_prune(kernel: str) -> Callable[..., list[triton.Config]]:
     def prune(configs, named_args, **kwargs):  # noqa: ANN001, ANN202 (Triton's early_config_prune signature)
         args = {**named_args, **kwargs}
         q = args["Q1"]
-        return select_configs(kernel, configs, args, q.element_size(), _smem_limit_of(q))
+        target = Target.of(q.device)
+        return select_configs(kernel, configs, args, q.element_size(), target.smem_limit, target.hopper)
     return prune
 
 
@@ -517,14 +527,16 @@ class Target:
 
     smem_limit: int
     sm_count: int
+    hopper: bool = False  # warp-group MMA (sm_90): pipelined tiles take more shared memory
 
     @staticmethod
     def of(device: torch.device) -> Target:
         if device.type == "cuda":
             index = device.index if device.index is not None else torch.cuda.current_device()
-            return Target(device_smem_limit(index), torch.cuda.get_device_properties(index).multi_processor_count)
+            props = torch.cuda.get_device_properties(index)
+            return Target(device_smem_limit(index), props.multi_processor_count, props.major == 9)
         # interpreter: an H100's shared memory and a small pretend machine, so decode shapes exercise the split
-        return Target(SMEM_LIMITS[(9, 0)], 2)
+        return Target(SMEM_LIMITS[(9, 0)], 2, True)
 
 
 @dataclasses.dataclass
