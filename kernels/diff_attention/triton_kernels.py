@@ -65,14 +65,17 @@ def smem_bytes(kernel: str, cfg: dict[str, int], D: int, DV: int, elem: int, hop
     With num_stages >= 2 Triton's software pipeliner keeps (num_stages - 1) copies of every load issued inside
     the main loop (all BLOCK_D chunks of the loop body, as the chunk loop is unrolled), loop-invariant tiles
     once, and the fp32 probability tiles pass through shared memory on their way into `tl.dot`. On Hopper
-    (`hopper`) tiles with 64 or more rows take the warp-group MMA path, which keeps num_stages copies of the
-    loop's loads and feeds the probabilities from registers. With one stage nothing is multi-buffered: what
+    (`hopper`) products with 64 or more rows take the warp-group MMA path, which keeps num_stages copies of
+    the loop's loads and feeds the probabilities from registers. With one stage nothing is multi-buffered: what
     remains are the operands of the products (the whole-row operands of the backward's accumulating products
     are live together). An upper bound calibrated against Triton 3.8's allocations for sm_80/sm_90; the
     offline compile check prints model and actual side by side and fails if a selectable config exceeds the
     target.
     """
-    if hopper and max(cfg["BLOCK_M"], cfg["BLOCK_N"]) >= 64:  # fp32 without TF32 keeps the FMA path
+    # products whose row tile (BLOCK_M; BLOCK_N too for the key-block kernel's dK, dV) is 64 or more can use
+    # warp-group MMA; fp32 without TF32 keeps the FMA path, so take the larger allocation
+    mma_rows = max(cfg["BLOCK_M"], cfg["BLOCK_N"]) if kernel == "bwd_kv" else cfg["BLOCK_M"]
+    if hopper and mma_rows >= 64:
         return max(_smem_model(kernel, cfg, D, DV, elem, True), _smem_model(kernel, cfg, D, DV, elem, False))
     return _smem_model(kernel, cfg, D, DV, elem, False)
 
