@@ -179,12 +179,12 @@ def select_configs(
 
 def decode_config(D: int, DV: int, elem: int, smem_limit: int) -> dict[str, int]:
     """Forward tiles for M <= 16 without autotuning: a decode call is bandwidth-bound, so one program covers
-    the whole dv (K1, K2 are streamed once per split), with the widest key block that fits in shared memory
-    twice (prefetch of the next block), else once. fp32 products run on FMA units with their operands in
-    registers: 16-key blocks and 64-wide chunks of d keep them within 255 registers (ptxas, sm_90, d = 384:
-    32-key blocks spill 912 B, 128-wide chunks 8 B)."""
+    the whole dv in 16-bit types (K1, K2 are streamed once per split), with the widest key block that fits in
+    shared memory twice (prefetch of the next block), else once. fp32 products run on FMA units with their operands in
+    registers: 16-key blocks, 64-wide chunks of d and at most 256 output columns per program keep them within
+    255 registers (ptxas, sm_90, d = 384: 32-key blocks spill 912 B, 512 columns 8 B)."""
     bd = min(64 if elem == 4 else 128, _pow2(max(D, DV)))
-    bdv = _pow2(DV)
+    bdv = min(256, _pow2(DV)) if elem == 4 else _pow2(DV)
     for bn, stages in ((64, 2), (32, 2), (16, 2), (16, 1)):
         if elem == 4 and bn > 16:
             continue

@@ -50,9 +50,10 @@ def test_model_grows_with_stages_tiles_and_element_size():
 
 @pytest.mark.parametrize("elem", [2, 4])
 @pytest.mark.parametrize("limit", [SM80, SM90])
-def test_decode_heuristic_takes_whole_dv_and_fits(elem, limit):
+def test_decode_heuristic_tiles_fit(elem, limit):
     cfg = tk.decode_config(384, 384, elem, limit)
-    assert cfg["BLOCK_M"] == 16 and cfg["BLOCK_DV"] == 512 and cfg["BLOCK_D"] == (64 if elem == 4 else 128)
+    assert cfg["BLOCK_M"] == 16 and cfg["BLOCK_D"] == (64 if elem == 4 else 128)
+    assert cfg["BLOCK_DV"] == (256 if elem == 4 else 512)
     assert tk.smem_bytes("fwd", cfg, 384, 384, elem) <= limit
     assert tk._SPLIT_GRAIN % cfg["BLOCK_N"] == 0  # a split never starts inside a key block
 
