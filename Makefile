@@ -6,8 +6,9 @@ STAMP  := $(VENV)/.iqa-plugins-installed
 # torch/torchvision are pinned here (not in pyproject) so the project still installs next to other torches.
 TORCH_PINS := torch==2.14.1 torchvision==0.29.1
 BENCH_MODE ?= full
+COMPILE_CHECK_OUT ?= build/compile_check
 
-.PHONY: setup build browser test test-fast demo bench bench-quick clean gpu-check gpu-bundle
+.PHONY: setup build browser test test-fast compile-check demo bench bench-quick clean gpu-check gpu-bundle
 
 setup: $(STAMP)
 
@@ -42,6 +43,11 @@ test: setup browser
 
 test-fast: setup
 	IQA_PLUGINS_REQUIRE_EXT=1 $(PY) -m pytest -m "not slow"
+
+# The Triton kernels compiled for sm_80 and sm_90 without a GPU: shared memory, registers, spills, 64-bit
+# addressing of every config the autotuner can pick (table printed; JSON per target in COMPILE_CHECK_OUT).
+compile-check: setup
+	$(PY) -m iqa_plugins.kernels.diff_attention.compile_check --json-dir $(COMPILE_CHECK_OUT)
 
 demo: setup
 	$(PY) -m iqa_plugins demo --out demo_out

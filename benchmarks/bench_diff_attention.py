@@ -11,8 +11,10 @@ Implementations:
   literal_reference  both softmax matrices materialised (the authors' formulation)
   two_sdpa           two F.scaled_dot_product_attention calls, o1 - alpha * o2
   torch_compile      torch.compile of literal_reference (GPU only: inductor on a 2-core CPU takes minutes)
-Traffic and FLOPs are the op's minimum (read Q1, Q2, K1, K2, V once, write O once; 4MNd + 2MNdv forward,
-twice that plus the same again backward), identical for every impl, so GB/s and TFLOP/s compare like for like.
+Traffic and FLOPs are the op's minimum (read Q1, Q2, K1, K2, V once, write O once; FLOPs from
+`iqa_plugins.kernels.diff_attention.flops.useful_flops`), identical for every impl, so GB/s and TFLOP/s compare
+like for like. Backward records also carry what the fused backward executes relative to two FlashAttention-2
+backwards (`fused_bwd_vs_two_fa2`, the same module's model).
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ import torch
 
 import common
 from iqa_plugins.kernels import diff_attention, diff_attention_reference, diff_attention_sdpa
+from iqa_plugins.kernels.diff_attention import flops as flop_model
 
 RESULTS_DIR = Path(__file__).parent / "results"
 HAS_CUDA = torch.cuda.is_available()
@@ -64,12 +67,11 @@ def traffic_and_flops(shape: tuple[int, ...], elem_bytes: int, mode: str) -> tup
     B, H, M, N, d, dv = shape
     s = B * H
     fwd_bytes = elem_bytes * s * (2 * M * d + 2 * N * d + N * dv + M * dv)
-    fwd_flops = s * (4 * M * N * d + 2 * M * N * dv)
+    fwd_flops, bwd_flops = flop_model.useful_flops(shape)
     if mode == "fwd":
         return fwd_bytes, fwd_flops
-    # backward reads inputs, O and dO and writes five gradients; dP, dV, dQ1,2, dK1,2 products
+    # backward reads inputs, O and dO and writes five gradients
     bwd_bytes = elem_bytes * s * 2 * (2 * M * d + 2 * N * d + N * dv + M * dv)
-    bwd_flops = s * (8 * M * N * d + 4 * M * N * dv)
     return fwd_bytes + bwd_bytes, fwd_flops + bwd_flops
 
 
@@ -164,6 +166,10 @@ def _run_case(benchmark, case: str, shape, impl: str, dtype_name: str, mode: str
         "floor_fraction": floor_s / median,
         "bound": "memory" if bytes_moved / floors["bandwidth_GBps"] / 1e9 >= floor_s * 0.999 else "compute",
     })
+    if mode == "fwd_bwd" and impl == "fused":
+        _records[-1]["fused_bwd_vs_two_fa2"] = (
+            flop_model.fused_backward_flops(shape) / flop_model.flash2_backward_flops(shape)
+        )
     benchmark.extra_info.update({k: _records[-1][k] for k in ("median_ms", "GBps", "TFLOPs", "floor_fraction")})
 
 

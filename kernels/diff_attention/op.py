@@ -1,7 +1,8 @@
 """The `iqa_plugins::diff_attention_*` torch.library ops and the public `diff_attention` function.
 
 Dispatch (decided per call from the tensors' device):
-- CUDA tensors run the Triton kernels.
+- CUDA tensors run the Triton kernels; if Triton is missing or older than MIN_TRITON they run the pure-PyTorch
+  reference instead, with one warning.
 - CPU tensors run the pure-PyTorch reference (`reference.forward_with_stats`/`backward_from_stats`), unless
   `TRITON_INTERPRET=1` was set in the environment when this module was imported: then CPU tensors run the same
   Triton kernels in Triton's interpreter (how CI tests the kernels without a GPU).
@@ -12,6 +13,7 @@ Triton is imported lazily on first Triton use (eagerly when interpreting, so the
 from __future__ import annotations
 
 import os
+import warnings
 from types import ModuleType
 
 import torch
@@ -22,15 +24,41 @@ from . import reference
 CPU_USES_TRITON = os.environ.get("TRITON_INTERPRET", "0") == "1"
 _DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
 MAX_HEAD_DIM = 512
+# The oldest Triton the kernels are compiled with (the Triton of torch 2.11); the interpreter tests need 3.8
+# when numpy >= 2.4 (older interpreters fail on `range` over a runtime bound there).
+MIN_TRITON = (3, 6)
 _kernels: ModuleType | None = None
+_unavailable: str | None = None
 
 
-def _triton() -> ModuleType:
-    global _kernels
-    if _kernels is None:
-        from . import triton_kernels
+def _version_tuple(version: str) -> tuple[int, ...]:
+    parts = []
+    for piece in version.split("+")[0].split(".")[:3]:
+        digits = "".join(ch for ch in piece if ch.isdigit())
+        parts.append(int(digits) if digits else 0)
+    return tuple(parts)
 
-        _kernels = triton_kernels
+
+def _triton() -> ModuleType | None:
+    """The kernel module, or None (after one warning) when Triton is missing or too old."""
+    global _kernels, _unavailable
+    if _kernels is None and _unavailable is None:
+        try:
+            import triton
+        except ImportError as exc:
+            _unavailable = f"Triton cannot be imported ({exc})"
+        else:
+            if _version_tuple(triton.__version__) < MIN_TRITON:
+                _unavailable = f"Triton {triton.__version__} is older than the supported {'.'.join(map(str, MIN_TRITON))}"
+        if _unavailable is None:
+            from . import triton_kernels
+
+            _kernels = triton_kernels
+        else:
+            warnings.warn(
+                f"diff_attention: {_unavailable}; running the pure-PyTorch reference instead (same results, "
+                "more memory and time)", RuntimeWarning, stacklevel=3,
+            )
     return _kernels
 
 
@@ -42,7 +70,8 @@ def uses_triton(t: Tensor) -> bool:
     """Whether the op runs the Triton kernels (rather than the reference) for tensors like t."""
     if t.dtype == torch.float64:
         return False
-    return t.device.type == "cuda" or (CPU_USES_TRITON and t.device.type == "cpu")
+    wanted = t.device.type == "cuda" or (CPU_USES_TRITON and t.device.type == "cpu")
+    return wanted and _triton() is not None
 
 
 @torch.library.custom_op("iqa_plugins::diff_attention_fwd", mutates_args=())
@@ -92,8 +121,9 @@ def diff_attention_bwd(
 def _(do, q1, k1, q2, k2, v, alpha, o, o2, lse1, lse2, scale):  # noqa: ANN001, ANN202
     acc = torch.float64 if q1.dtype == torch.float64 else torch.float32
     dalpha = q1.new_empty(q1.shape[:2], dtype=acc)
-    return (torch.empty_like(q1), torch.empty_like(k1), torch.empty_like(q2), torch.empty_like(k2),
-            torch.empty_like(v), dalpha)
+    # Both implementations return contiguous gradients, whatever the inputs' strides.
+    return (q1.new_empty(q1.shape), k1.new_empty(k1.shape), q2.new_empty(q2.shape), k2.new_empty(k2.shape),
+            v.new_empty(v.shape), dalpha)
 
 
 def _setup_context(ctx, inputs, output) -> None:  # noqa: ANN001
