@@ -219,8 +219,9 @@ def test_expert_stage_host_time(benchmark, monkeypatch, host_model, bench_device
 
             # CPU tensors take the Triton launcher (not the reference) on a stand-in H100
             monkeypatch.setattr(reference, "forward_with_stats", triton_kernels.forward)
-            monkeypatch.setattr(triton_kernels, "_sm_count", lambda device: offline_triton.H100_PROPERTIES[
-                "multiprocessor_count"])
+            h100 = triton_kernels.Target(triton_kernels.SMEM_LIMITS[(9, 0)],
+                                         offline_triton.H100_PROPERTIES["multiprocessor_count"], hopper=True)
+            monkeypatch.setattr(triton_kernels.Target, "of", staticmethod(lambda device: h100))
             cache = common.REPO_ROOT / "build" / "triton-offline-cache"
             counter = stack.enter_context(offline_triton.offline_launches(cache))
             threads = torch.get_num_threads()
