@@ -423,24 +423,25 @@ class DRExperts(nn.Module):
     def _expert_attention(self, feats: Tensor, experts: Tensor, hidden: Tensor) -> tuple[Tensor, tuple]:
         """CLS rows of the ten DSDM attentions before W_v, (B, E, D), in one op call with the experts as heads;
         also the call's (q1, keys1, q2, values, scale)."""
-        dsdm = self.dsdm
+        dsdm, norm = self.dsdm, self.norm_vit
         n_experts = experts.shape[1]
         grid_keys = self.norm3_hidden_feature(self._grid_tokens(hidden))  # the same for every expert
         expert_keys = self.norm3_hidden_feature(experts)
         # Expert i's values (and second keys) are norm_vit applied i+1 times to F, as the authors' loop
-        # reassigns it: the iterates are the heads.
+        # reassigns it: the iterates are the heads. The functional call skips ten module dispatches.
         iterates, current = [], feats
         for _ in range(n_experts):
-            current = self.norm_vit(current)
+            current = F.layer_norm(current, norm.normalized_shape, norm.weight, norm.bias, norm.eps)
             iterates.append(current)
         values = torch.stack(iterates, dim=1)  # (B, E, N, D)
         # Key projections folded into the queries (the dropped q.b term is constant along each softmax row).
         q2 = dsdm.W_q2(values[:, :, :1]) @ dsdm.W_k2.weight  # (B, E, 1, D)
-        dtype = q2.dtype
+        dtype = q2.dtype  # differs from the features' only under autocast
         q1 = (dsdm.W_q1(experts) @ dsdm.W_k1.weight).to(dtype)[:, :, None]
         values = values.to(dtype)
-        keys1 = torch.cat([expert_keys[:, :, None], grid_keys[:, None].expand(-1, n_experts, -1, -1)], dim=2)
-        keys1 = keys1.to(dtype)
+        # The grid keys are cast before they are broadcast to the ten experts; the concatenation is the one copy.
+        keys1 = torch.cat([expert_keys.to(dtype)[:, :, None],
+                           grid_keys.to(dtype)[:, None].expand(-1, n_experts, -1, -1)], dim=2)
         scale = 1.0 / math.sqrt(self.embed_dim)
         # alpha stays the 0-d parameter: the op broadcasts it to (B, E) as a view.
         rows = diff_attention(q1, keys1, q2, values, values, dsdm.alpha, scale=scale)[:, :, 0]
