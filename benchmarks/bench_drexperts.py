@@ -26,7 +26,9 @@ heads of one `diff_attention` call (`experts_as_heads`, the model's code) agains
 - CUDA: the time to enqueue the stage on the real model and shapes (Triton's launcher included), with the GPU
   drained before each round and not waited for inside it, so kernel run time is excluded.
 Per crop = per call / batch. The attention part alone (`attention/...`: everything up to the experts' attention
-rows, the part the stacking changes) is timed the same way.
+rows, the part the stacking changes) is timed the same way, and once more with the op's key split turned off
+(`attention/experts_as_heads_unsplit`: one launch instead of the split and its combine, what the combine costs
+on the host).
 """
 
 from __future__ import annotations
@@ -145,12 +147,28 @@ def per_expert_attention(model, feats: torch.Tensor, experts: torch.Tensor, hidd
     return torch.stack(rows, dim=1)
 
 
+def without_key_split(fn):  # noqa: ANN001, ANN201
+    """fn with the op's decode-call key split turned off: one launch, no combine (what the combine costs)."""
+    from iqa_plugins.kernels.diff_attention import triton_kernels
+
+    def call(model, f, e, h):  # noqa: ANN001, ANN202
+        policy = triton_kernels.num_splits_for
+        triton_kernels.num_splits_for = lambda bh, m, n, sm_count: 1
+        try:
+            return fn(model, f, e, h)
+        finally:
+            triton_kernels.num_splits_for = policy
+
+    return call
+
+
 HOST_VARIANTS = {
     "per_expert_calls": lambda model, f, e, h: model._expert_head(f, e, per_expert_attention(model, f, e, h))["score"],
     "experts_as_heads": lambda model, f, e, h: model._expert_stage(f, e, h)["score"],
     # the attention part alone (what the stacking changes; the head after it is the same code in both)
     "attention/per_expert_calls": per_expert_attention,
     "attention/experts_as_heads": lambda model, f, e, h: model._expert_attention(f, e, h)[0],
+    "attention/experts_as_heads_unsplit": without_key_split(lambda model, f, e, h: model._expert_attention(f, e, h)[0]),
 }
 
 
@@ -211,8 +229,8 @@ def test_expert_stage_host_time(benchmark, monkeypatch, host_model, bench_device
     with contextlib.ExitStack() as stack, torch.inference_mode():
         # The baseline is genuine: it computes the model's own score.
         torch.testing.assert_close(calls["per_expert_calls"](), calls["experts_as_heads"](), rtol=1e-4, atol=1e-5)
-        torch.testing.assert_close(calls["attention/per_expert_calls"](), calls["attention/experts_as_heads"](),
-                                   rtol=1e-4, atol=1e-5)
+        for name in ("attention/experts_as_heads", "attention/experts_as_heads_unsplit"):
+            torch.testing.assert_close(calls["attention/per_expert_calls"](), calls[name](), rtol=1e-4, atol=1e-5)
         counter = None
         if on_cpu:
             from iqa_plugins.kernels.diff_attention import reference, triton_kernels
@@ -249,6 +267,10 @@ def test_expert_stage_host_time(benchmark, monkeypatch, host_model, bench_device
             info[f"{part}ratio_per_expert_over_heads_{stat}"] = (
                 info[f"{part}per_expert_calls"][f"host_s_per_call_{stat}"]
                 / info[f"{part}experts_as_heads"][f"host_s_per_call_{stat}"])
+    for stat in ("median", "min"):
+        info[f"attention/ratio_per_expert_over_heads_unsplit_{stat}"] = (
+            info["attention/per_expert_calls"][f"host_s_per_call_{stat}"]
+            / info["attention/experts_as_heads_unsplit"][f"host_s_per_call_{stat}"])
     benchmark.extra_info.update({"ratio_per_expert_over_heads": info["ratio_per_expert_over_heads_median"]})
     _host_results[f"batch{batch}"] = info
     _write_host(bench_device)
