@@ -192,7 +192,7 @@ def _write_host(bench_device: torch.device) -> None:
         "environment": common.environment_info(bench_device),
         "method": ("Host work = CPU time of the calling thread (time.thread_time: time the thread is descheduled on "
                    "a busy machine is not counted), the variants interleaved round by round; median and min over "
-                   "rounds of `iterations` calls. CPU: public API on a model of 577 tokens x 16 features, one "
+                   "rounds of `iterations` calls. CPU: public API on a model of 577 tokens x 4 features, one "
                    "thread, the op's Triton launcher and Triton's host launch path run against a stand-in sm_90 "
                    "driver with 132 multiprocessors whose driver call only counts launches (no kernel runs). "
                    "CUDA: the real model and shapes and launches (the GPU drained before each round, not waited "
