@@ -37,6 +37,7 @@ import contextlib
 import math
 import statistics
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import common
@@ -147,11 +148,11 @@ def per_expert_attention(model, feats: torch.Tensor, experts: torch.Tensor, hidd
     return torch.stack(rows, dim=1)
 
 
-def without_key_split(fn):  # noqa: ANN001, ANN201
+def without_key_split(fn: Callable[..., torch.Tensor]) -> Callable[..., torch.Tensor]:
     """fn with the op's decode-call key split turned off: one launch, no combine (what the combine costs)."""
     from iqa_plugins.kernels.diff_attention import triton_kernels
 
-    def call(model, f, e, h):  # noqa: ANN001, ANN202
+    def call(model, f: torch.Tensor, e: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
         policy = triton_kernels.num_splits_for
         triton_kernels.num_splits_for = lambda bh, m, n, sm_count: 1
         try:
