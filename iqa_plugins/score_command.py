@@ -9,13 +9,13 @@ from __future__ import annotations
 import argparse
 import csv
 import json
-import os
 import sys
 from pathlib import Path
 
 import yaml
 
 from iqa_plugins.io import DEFAULT_MIN_SIDE
+from iqa_plugins.runtime import apply_plan, plan_threads, quiet_openmp_waits
 from iqa_plugins.scoring import DTYPES, Failure, RowWriter, collect_images, score_files
 
 
@@ -29,7 +29,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="auto", help="auto (CUDA if available), cpu, cuda, cuda:1, ...")
     parser.add_argument("--dtype", choices=sorted(DTYPES), default="fp32", help="autocast precision")
     parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1), help="decoding processes")
+    parser.add_argument("--workers", type=int, default=None,
+                        help="decoding processes (default: 1 on CPU, all cores but one on CUDA)")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch threads (default: the cores the decoding workers leave free)")
+    parser.add_argument("--engine", choices=["local", "ray"], default="local",
+                        help="local: this process; ray: a pool of Ray actors (pip install 'iqa-plugins[ray]')")
+    parser.add_argument("--address", default=None,
+                        help="--engine ray: cluster address ('auto': the running cluster; default: start a local one)")
+    parser.add_argument("--num-workers", type=int, default=None,
+                        help="--engine ray: scoring actors (default: GPUs / --num-gpus-per-worker, else CPUs / --threads)")
+    parser.add_argument("--num-gpus-per-worker", type=float, default=0,
+                        help="--engine ray: GPUs per scoring actor (1: one actor per GPU)")
     parser.add_argument("--format", choices=["csv", "jsonl"], help="default: from --output's suffix, else csv")
     parser.add_argument("--output", "-o", help="file to write (default: standard output)")
     parser.add_argument("--resume", action="store_true", help="append to --output, skipping images already in it")
@@ -80,6 +91,10 @@ def main(args: argparse.Namespace) -> int:
     if args.resume and not args.output:
         print("iqa-plugins score: --resume needs --output", file=sys.stderr)
         return 2
+    if args.engine == "ray":
+        from iqa_plugins.scale.ray_command import run_ray_engine
+
+        return run_ray_engine(args, metric_opts)
 
     paths, failures = collect_images(args.inputs)
     if args.resume and paths:
@@ -94,12 +109,22 @@ def main(args: argparse.Namespace) -> int:
         print("iqa-plugins score: no images to score", file=sys.stderr)
         return 2
 
-    import pyiqa  # noqa: F401  (importing pyiqa activates the plugin's registration)
+    quiet_openmp_waits()  # before torch is imported
     import torch
+
+    from iqa_plugins.metric_factory import create_metric
 
     device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
     try:
-        metric = pyiqa.create_metric(args.metric, device=torch.device(device), **metric_opts)
+        plan = plan_threads(torch.device(device).type, threads=args.threads, workers=args.workers)
+    except ValueError as error:
+        print(f"iqa-plugins score: {error}", file=sys.stderr)
+        return 2
+    if plan.warning:
+        print(f"iqa-plugins score: warning: {plan.warning}", file=sys.stderr)
+    apply_plan(plan)
+    try:
+        metric = create_metric(args.metric, device=torch.device(device), **metric_opts)
     except (AssertionError, KeyError) as error:
         print(f"iqa-plugins score: unknown --metric {args.metric!r} ({error})", file=sys.stderr)
         return 2
@@ -123,7 +148,9 @@ def main(args: argparse.Namespace) -> int:
     try:
         summary = score_files(
             paths, metric, writer,
-            batch_size=args.batch_size, num_workers=args.workers, dtype=args.dtype,
+            batch_size=args.batch_size,
+            # a single batch has nothing to overlap its decoding with: a worker process would only cost its start
+            num_workers=plan.workers if len(paths) > args.batch_size else 0, dtype=args.dtype,
             explain=args.explain, min_side=args.min_side, progress=not args.quiet,
         )
     except ValueError as error:
