@@ -302,9 +302,10 @@ def score_with_ray(
     done = store.written
     todo = [p for p in paths if p not in done]
     summary.already_done = len(paths) - len(todo)
+    if num_workers is not None and num_workers < 1:
+        raise ValueError(f"--num-workers must be >= 1, got {num_workers}")
     workers = num_workers or _default_workers(address, cpus_per_worker, gpus_per_worker)
-    if workers < 1:
-        raise ValueError(f"--num-workers must be >= 1, got {workers}")
+    workers = max(1, min(workers, math.ceil(len(todo) / batch_size)))  # an actor without a batch only costs
     summary.workers = workers
     started_here = _init_ray(address, workers, cpus_per_worker, gpus_per_worker) if todo else False
     try:

@@ -1,0 +1,163 @@
+"""The Ray Data engine on a local cluster started here (2 CPU workers): same scores as one process, bad files
+named, a worker killed mid-run loses nothing, a rerun skips what is done."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import sys
+
+import pytest
+
+ray = pytest.importorskip("ray", reason="the Ray engine is an optional extra: pip install 'iqa-plugins[ray]'")
+pytest.importorskip("ray.data")
+
+import pyarrow as pa  # noqa: E402  (installed with ray[data])
+import pyarrow.parquet as pq  # noqa: E402
+
+from iqa_plugins.metric_factory import create_metric  # noqa: E402
+from iqa_plugins.scale.ray_engine import list_image_paths, score_with_ray  # noqa: E402
+from iqa_plugins.scale.shards import ShardStore, merge  # noqa: E402
+from iqa_plugins.scoring import score_files  # noqa: E402
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
+WORKERS = 2
+SIZES = [(200, 260), (200, 260), (96, 128), (200, 260), (96, 128), (120, 90)]
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    # One logical CPU more than the actors take, or Ray Data's own tasks could starve (2-core machines).
+    ray.init(num_cpus=WORKERS + 1, include_dashboard=False, log_to_driver=False, logging_level="WARNING")
+    try:
+        yield
+    finally:
+        ray.shutdown()
+
+
+@pytest.fixture
+def options(small_weights):
+    return {"pretrained_model_path": str(small_weights), "num_crops": 2}
+
+
+class _Collect:
+    def __init__(self):
+        self.rows = []
+
+    def write(self, row):
+        self.rows.append(row)
+
+
+def _single_process(paths, options, batch_size=2):
+    rows = _Collect()
+    summary = score_files([str(p) for p in paths], create_metric("drexperts", device="cpu", **options), rows,
+                          batch_size=batch_size, progress=False)
+    return {r["path"]: r["score"] for r in rows.rows}, summary
+
+
+def _csv_scores(path):
+    return {row["path"]: float(row["drexperts"]) for row in csv.DictReader(open(path, newline=""))}
+
+
+def test_same_scores_as_one_process_and_bad_files_named(cluster, tmp_path, options, write_photos):
+    paths = write_photos(tmp_path / "imgs", SIZES)
+    (tmp_path / "imgs" / "broken.png").write_bytes(b"\x89PNG not really")
+    write_photos(tmp_path / "imgs" / "small", [(8, 8)])
+    expected, single = _single_process(sorted(p for p in (tmp_path / "imgs").rglob("*.png")), options)
+    assert len(expected) == len(paths) and len(single.failures) == 2
+
+    out = tmp_path / "scores.csv"
+    summary = score_with_ray([str(tmp_path / "imgs")], "drexperts", out, metric_options=options,
+                             num_workers=WORKERS, batch_size=2, progress=False)
+    assert (summary.scored, summary.merged_rows) == (len(paths), len(paths))
+    got = _csv_scores(out)
+    assert set(got) == set(expected)
+    for path, score in expected.items():
+        # Same model and inputs; only the torch thread count (summation order) may differ from this process.
+        assert got[path] == pytest.approx(score, rel=1e-6, abs=1e-7)
+    errors = {json.loads(line)["path"]: json.loads(line)["reason"]
+              for line in open(str(out) + ".errors.jsonl")}
+    assert "not a recognised image format" in errors[str(tmp_path / "imgs" / "broken.png")]
+    assert "smaller than the minimum" in errors[str(tmp_path / "imgs" / "small" / "img000.png")]
+    meta = json.loads(open(str(out) + ".meta.json").read())
+    assert meta["format"] == "iqa-plugins-scores" and meta["columns"] == ["path", "drexperts"]
+    assert meta["metrics"][0]["name"] == "drexperts" and meta["metrics"][0]["options"] == options
+
+
+class _DiesOnSecondCall:
+    """A metric whose process exits on its second call, once per test (the marker file survives the restart)."""
+
+    def __init__(self, metric, marker):
+        self.inner, self.marker, self.calls = metric, marker, 0
+        self.net, self.device, self.metric_name = metric.net, metric.device, metric.metric_name
+
+    def __call__(self, batch):
+        self.calls += 1
+        if self.calls == 2 and not os.path.exists(self.marker):
+            with open(self.marker, "w") as handle:
+                handle.write(str(os.getpid()))
+            os._exit(1)  # the actor's process dies mid-batch, as on an out-of-memory kill
+        return self.inner(batch)
+
+
+def test_a_killed_worker_loses_nothing_and_duplicates_nothing(cluster, tmp_path, options, write_photos):
+    from ray import cloudpickle
+
+    cloudpickle.register_pickle_by_value(sys.modules[__name__])  # the actors cannot import this test module
+    paths = write_photos(tmp_path / "imgs", [(96, 128)] * 10)
+    marker = tmp_path / "died"
+
+    def factory(name, device=None, **kwargs):
+        return _DiesOnSecondCall(create_metric(name, device=device, **kwargs), str(marker))
+
+    # A Parquet column of file:// URIs: the source form of data sets in object stores.
+    table = pa.table({"uri": [p.resolve().as_uri() for p in paths]})
+    pq.write_table(table, tmp_path / "uris.parquet")
+    out = tmp_path / "scores.jsonl"
+    summary = score_with_ray([str(tmp_path / "uris.parquet")], "drexperts", out, column="uri",
+                             metric_options=options, num_workers=WORKERS, batch_size=1, progress=False,
+                             metric_factory=factory)
+    assert marker.exists(), "no worker died: the test did not test a crash"
+    lines = out.read_text().splitlines()
+    assert "_meta" in json.loads(lines[0])
+    rows = [json.loads(line) for line in lines[1:]]
+    assert sorted(r["path"] for r in rows) == sorted(p.resolve().as_uri() for p in paths)  # each exactly once
+    assert summary.scored == len(paths) and not summary.failures
+    expected, _ = _single_process(paths, options, batch_size=1)
+    by_uri = {p.resolve().as_uri(): expected[str(p)] for p in paths}
+    for row in rows:
+        assert row["drexperts"] == pytest.approx(by_uri[row["path"]], rel=1e-6, abs=1e-7)
+
+
+def test_resume_skips_done_images(cluster, tmp_path, options, write_photos):
+    folder = tmp_path / "imgs"
+    write_photos(folder, [(96, 128)] * 3)
+    out = tmp_path / "scores.csv"
+    first = score_with_ray([str(folder)], "drexperts", out, metric_options=options, num_workers=WORKERS,
+                           batch_size=2, progress=False)
+    assert first.scored == 3
+    shards_before = {p.name: p.stat().st_mtime_ns for p in (tmp_path / "scores.csv.shards").glob("part-*")}
+    write_photos(folder, [(96, 128)] * 2, first=3)
+    second = score_with_ray([str(folder)], "drexperts", out, metric_options=options, num_workers=WORKERS,
+                            batch_size=2, progress=False, resume=True)
+    assert (second.already_done, second.scored, second.merged_rows) == (3, 2, 5)
+    shards_after = {p.name: p.stat().st_mtime_ns for p in (tmp_path / "scores.csv.shards").glob("part-*")}
+    assert all(shards_after[name] == mtime for name, mtime in shards_before.items())  # old shards untouched
+    assert len(_csv_scores(out)) == 5
+    with pytest.raises(ValueError, match="--resume: .* holds scores of"):
+        score_with_ray([str(folder)], "drexperts", out, metric_options={**options, "num_crops": 3},
+                       num_workers=WORKERS, progress=False, resume=True)
+
+
+def test_command_as_the_readme_prints_it(fresh, console_script, tmp_path, small_weights, write_photos):
+    write_photos(tmp_path / "photos", [(96, 128)] * 3)
+    (tmp_path / "photos" / "notes.jpg").write_text("not a photo")
+    out = tmp_path / "scores.csv"
+    result = fresh([console_script("iqa-plugins"), "score", str(tmp_path / "photos"), "--metric", "drexperts",
+                    "--metric-opt", f"pretrained_model_path={small_weights}", "--engine", "ray",
+                    "--num-workers", "2", "--output", str(out), "-q"], timeout=500)
+    assert result.returncode == 1, result.stderr  # one file skipped
+    assert "notes.jpg: not a recognised image format" in result.stderr
+    assert "scored 3 image(s) with drexperts on 2 Ray worker(s)" in result.stderr
+    assert len(_csv_scores(out)) == 3
