@@ -227,10 +227,13 @@ class RaySummary:
     merged_rows: int | None = None
     seconds: float = 0.0
     workers: int = 0
+    # Start-up (cluster, actors loading the metric) until the first results arrive, and the rate after it.
+    first_result_s: float | None = None
+    steady_images_per_s: float | None = None
 
 
-def _init_ray(address: str | None, workers: int, cpus_per_worker: float, gpus_per_worker: float) -> bool:
-    """Connect to ``address``, or start a local cluster sized for the pool; True when started here."""
+def _init_ray(address: str | None, cpus_per_worker: float, num_workers: int | None) -> bool:
+    """Connect to ``address``, or start a local cluster sized for the pool; True when connected here."""
     import ray
 
     if ray.is_initialized():
@@ -241,26 +244,22 @@ def _init_ray(address: str | None, workers: int, cpus_per_worker: float, gpus_pe
         return True
     from iqa_plugins.runtime import available_cores
 
+    cores = available_cores()
+    workers = num_workers or max(1, int(cores // cpus_per_worker))
     # One logical CPU more than the pool takes: with every CPU held by an actor, Ray Data's own tasks would
     # wait for a CPU forever.
-    cpus = max(available_cores(), math.ceil(workers * cpus_per_worker) + 1)
-    ray.init(num_cpus=cpus, **options)
+    ray.init(num_cpus=max(cores, math.ceil(workers * cpus_per_worker) + 1), **options)
     return True
 
 
-def _default_workers(address: str | None, cpus_per_worker: float, gpus_per_worker: float) -> int:
+def _default_workers(cpus_per_worker: float, gpus_per_worker: float) -> int:
+    """One actor per ``gpus_per_worker`` GPUs of the cluster, else per ``cpus_per_worker`` CPUs but one."""
+    import ray
+
+    resources = ray.cluster_resources()
     if gpus_per_worker > 0:
-        import torch
-
-        gpus = torch.cuda.device_count() if not address else None
-        if gpus is None:
-            import ray
-
-            gpus = ray.cluster_resources().get("GPU", 0)
-        return max(1, int(gpus // gpus_per_worker))
-    from iqa_plugins.runtime import available_cores
-
-    return max(1, int(available_cores() // max(cpus_per_worker, 1)))
+        return max(1, int(resources.get("GPU", 0) // gpus_per_worker))
+    return max(1, int((resources.get("CPU", 1) - 1) // cpus_per_worker))
 
 
 def score_with_ray(
@@ -304,12 +303,12 @@ def score_with_ray(
     summary.already_done = len(paths) - len(todo)
     if num_workers is not None and num_workers < 1:
         raise ValueError(f"--num-workers must be >= 1, got {num_workers}")
-    workers = num_workers or _default_workers(address, cpus_per_worker, gpus_per_worker)
-    workers = max(1, min(workers, math.ceil(len(todo) / batch_size)))  # an actor without a batch only costs
-    summary.workers = workers
-    started_here = _init_ray(address, workers, cpus_per_worker, gpus_per_worker) if todo else False
+    started_here = _init_ray(address, cpus_per_worker, num_workers) if todo else False
     try:
         if todo:
+            workers = num_workers or _default_workers(cpus_per_worker, gpus_per_worker)
+            # an actor that would get no batch only costs its start-up
+            summary.workers = workers = max(1, min(workers, math.ceil(len(todo) / batch_size)))
             ray.data.DataContext.get_current().enable_progress_bars = False
             logging.getLogger("ray.data").setLevel(logging.WARNING)
             scored = _paths_dataset(todo, batch_size).map_batches(
@@ -324,7 +323,10 @@ def score_with_ray(
                 batch_format="numpy",
             )
             bar = tqdm(total=len(todo), unit="img", disable=not progress, file=sys.stderr)
+            first_rows, first_at = 0, None
             for batch in scored.iter_batches(batch_size=None, batch_format="numpy"):
+                if first_at is None:
+                    first_at, first_rows = time.perf_counter(), len(batch["path"])
                 for path, row, error in zip(batch["path"], batch["row"], batch["error"]):
                     if error:
                         summary.failures.append(Failure(str(path), str(error)))
@@ -333,6 +335,9 @@ def score_with_ray(
                         summary.scored += store.add([json.loads(row)])
                 bar.update(len(batch["path"]))
             bar.close()
+            summary.first_result_s = first_at - started if first_at is not None else None
+            if first_at is not None and len(todo) > first_rows:
+                summary.steady_images_per_s = (len(todo) - first_rows) / (time.perf_counter() - first_at)
     finally:
         store.flush()  # whatever arrived is kept, even when the run stops with an error
         if started_here:

@@ -1,0 +1,244 @@
+"""Scoring throughput as a user gets it: `iqa-plugins score` (decode + score + write) against the bare model loop
+on pre-decoded tensors and against pyiqa's own command, plus start-up, the thread/worker policy under a competing
+load, and the Ray engine with 1 and 2 workers.
+
+    .venv/bin/python -m pytest benchmarks/bench_scoring.py --benchmark-enable -q     (or benchmarks/run.py)
+
+Model: DR.Experts, small config (the demo's size), random weights installed as the default checkpoint in a
+benchmark-local TORCH_HOME, so `pyiqa drexperts -t DIR` and `iqa-plugins score DIR --metric drexperts` load the
+same file without options. Input: N JPEG photos of 512x384 (random content; decoding cost is that of real JPEGs
+of this size). Cases, all in one run so their ratios share the machine's load:
+- `bare_loop/*`: `metric(batch)` on tensors already decoded and stacked, batches of 8 (the command's default), at
+  torch's default thread count and at the policy's;
+- `command/one`, `command/all`: the whole command in a fresh process on 1 and on N images; their difference is
+  the steady rate ((N - 1) / (T_all - T_one)), T_one is the time to the first score of one image;
+- `pyiqa_command/one`, `pyiqa_command/all`: the same for `pyiqa drexperts -t DIR`;
+- `policy/<load>/<config>`: the command on N images with the default policy, the previous defaults (2 decoding
+  workers, torch's default threads, spinning OpenMP waits) and one thread with no worker, on the machine as it is
+  and with one competing process spinning on a core;
+- `ray/workers<k>`: `score_with_ray` on N images with k CPU actors on a local cluster started here; the rate after
+  the first results (the cluster and actors start once per job), and the scaling efficiency rate2 / (2 rate1).
+The module writes `scoring.json` (environment, load average per case, images/s, ratios) into the results folder.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import common
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+RESULTS_DIR = Path(__file__).parent / "results"
+BIN = Path(sys.executable).parent
+BATCH = 8
+_results: dict[str, dict] = {}
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory, bench_mode, bench_device):
+    from iqa_plugins.archs.drexperts_arch import DEFAULT_WEIGHTS, DRExperts
+    from iqa_plugins.archs.drexperts_convert import save_pretrained
+
+    root = tmp_path_factory.mktemp("scoring")
+    cache = root / "torch_home" / "hub" / "pyiqa"  # pyiqa's cache under TORCH_HOME
+    cache.mkdir(parents=True)
+    torch.manual_seed(0)
+    save_pretrained(DRExperts(pretrained=False, config="small"), cache / DEFAULT_WEIGHTS.filename,
+                    source="benchmark: random small config")
+    count = 4 if bench_mode == "quick" else 48
+    rng = np.random.default_rng(0)
+    folders = {"all": root / "all", "one": root / "one"}
+    for folder in folders.values():
+        folder.mkdir()
+    for index in range(count):
+        pixels = rng.integers(0, 256, (*common.IMAGE_HW, 3), dtype=np.uint8)
+        Image.fromarray(pixels).save(folders["all"] / f"{index:04d}.jpg", quality=90)
+    Image.open(folders["all"] / "0000.jpg").save(folders["one"] / "0000.jpg", quality=90)
+    env = {**os.environ, "TORCH_HOME": str(root / "torch_home"), "PYTHONUNBUFFERED": "1"}
+    return {"root": root, "folders": folders, "count": count, "env": env, "weights": cache / DEFAULT_WEIGHTS.filename,
+            "device": bench_device}
+
+
+def _record(key: str, info: dict, benchmark=None) -> None:
+    info = {**info, "load_average_1m": round(os.getloadavg()[0], 2)}
+    _results[key] = info
+    if benchmark is not None:
+        benchmark.extra_info.update(info)
+    _write()
+
+
+def _steady(prefix: str, count: int) -> float | None:
+    one, full = _results.get(f"{prefix}/one"), _results.get(f"{prefix}/all")
+    if not one or not full or full["median_s"] <= one["median_s"]:
+        return None
+    return (count - 1) / (full["median_s"] - one["median_s"])
+
+
+def _write() -> None:
+    count = next((r["images"] for k, r in _results.items() if k.endswith("/all")), None)
+    summary: dict[str, float | None] = {}
+    if count:
+        summary["command_steady_images_per_s"] = _steady("command", count)
+        summary["pyiqa_command_steady_images_per_s"] = _steady("pyiqa_command", count)
+    for name in ("torch_default_threads", "policy_threads"):
+        bare = _results.get(f"bare_loop/{name}")
+        if bare and summary.get("command_steady_images_per_s"):
+            summary[f"command_over_bare_loop_{name}"] = summary["command_steady_images_per_s"] / bare["images_per_s"]
+    if summary.get("command_steady_images_per_s") and summary.get("pyiqa_command_steady_images_per_s"):
+        summary["command_over_pyiqa_command"] = (summary["command_steady_images_per_s"]
+                                                 / summary["pyiqa_command_steady_images_per_s"])
+    for prefix in ("command", "pyiqa_command"):
+        if f"{prefix}/one" in _results:
+            summary[f"{prefix}_first_score_of_one_image_s"] = _results[f"{prefix}/one"]["median_s"]
+    ray1, ray2 = _results.get("ray/workers1"), _results.get("ray/workers2")
+    if ray1 and ray2 and ray1.get("steady_images_per_s") and ray2.get("steady_images_per_s"):
+        summary["ray_scaling_efficiency_2_workers"] = ray2["steady_images_per_s"] / (2 * ray1["steady_images_per_s"])
+    device = next((torch.device(r["device_type"]) for r in _results.values()), torch.device("cpu"))
+    out_dir = common.results_dir() or RESULTS_DIR / common.device_slug(device)
+    common.write_json(out_dir / "scoring.json", {
+        "schema": common.SCHEMA,
+        "benchmark": "iqa-plugins score vs the bare model loop vs pyiqa's command; thread policy; Ray engine",
+        "environment": common.environment_info(device),
+        "model": "drexperts, small config, random weights as the default checkpoint",
+        "input": f"JPEG photos {common.IMAGE_HW[1]}x{common.IMAGE_HW[0]}, batch {BATCH}",
+        "summary": summary,
+        "results": _results,
+    })
+
+
+def _time_process(args: list[str], env: dict, rounds: int) -> list[float]:
+    seconds = []
+    for _ in range(rounds):
+        start = time.perf_counter()
+        result = subprocess.run(args, capture_output=True, text=True, env=env, timeout=900)
+        seconds.append(time.perf_counter() - start)
+        if result.returncode != 0:
+            raise RuntimeError(f"{' '.join(args)} failed ({result.returncode}): {result.stderr[-2000:]}")
+    return seconds
+
+
+@pytest.mark.parametrize("threads", ["torch_default_threads", "policy_threads"])
+def test_bare_loop(benchmark, setup, bench_mode, threads):
+    from iqa_plugins.io import read_image
+    from iqa_plugins.metric_factory import create_metric
+    from iqa_plugins.runtime import plan_threads
+
+    device = setup["device"]
+    default_threads = torch.get_num_threads()
+    use = default_threads if threads == "torch_default_threads" else plan_threads(device.type).torch_threads
+    metric = create_metric("drexperts", device=device, pretrained_model_path=str(setup["weights"]))
+    images = [torch.from_numpy(read_image(p).transpose(2, 0, 1).copy())
+              for p in sorted(setup["folders"]["all"].iterdir())]
+    batches = [torch.stack(images[i:i + BATCH]).to(device) for i in range(0, len(images), BATCH)]
+
+    def run():
+        with torch.inference_mode():
+            for batch in batches:
+                metric(batch)
+        common.synchronize(device)
+
+    torch.set_num_threads(use)
+    try:
+        run()  # warm-up
+        benchmark.pedantic(run, rounds=1 if bench_mode == "quick" else 3, iterations=1)
+    finally:
+        torch.set_num_threads(default_threads)
+    median = benchmark.stats.stats.median
+    _record(f"bare_loop/{threads}", {"device_type": device.type, "torch_threads": use, "images": len(images),
+                                     "median_s": median, "images_per_s": len(images) / median}, benchmark)
+
+
+def _command(tool: str, folder: Path, device: torch.device, extra: list[str] = ()) -> list[str]:
+    if tool == "command":
+        return [str(BIN / "iqa-plugins"), "score", str(folder), "--metric", "drexperts", "--device", device.type,
+                "-o", str(folder.parent / f"{folder.name}.csv"), "-q", *extra]
+    return [str(BIN / "pyiqa"), "drexperts", "-t", str(folder), "--device", device.type]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("images", ["one", "all"])
+@pytest.mark.parametrize("tool", ["command", "pyiqa_command"])
+def test_command(benchmark, setup, tool, images):
+    folder = setup["folders"][images]
+    args = _command(tool, folder, setup["device"])
+    _time_process(args, setup["env"], 1)  # warm the file cache
+    seconds = _time_process(args, setup["env"], 3)
+    benchmark.extra_info["rounds_s"] = seconds
+    count = 1 if images == "one" else setup["count"]
+    median = sorted(seconds)[1]
+    benchmark.pedantic(lambda: None, rounds=1, iterations=1)  # the timings are the subprocesses' above
+    _record(f"{tool}/{images}", {"device_type": setup["device"].type, "images": count, "rounds_s": seconds,
+                                 "median_s": median, "images_per_s": count / median}, benchmark)
+
+
+@contextlib.contextmanager
+def _competing_load(kind: str) -> Iterator[None]:
+    """`competing`: another process spinning on one core for the duration (a second job on the machine)."""
+    if kind != "competing":
+        yield
+        return
+    spinner = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        time.sleep(1.0)
+        yield
+    finally:
+        spinner.kill()
+        spinner.wait()
+
+
+POLICY_CONFIGS = {
+    "default": ([], {}),
+    # the previous defaults: min(4, cores) decoding workers, torch's default threads, spinning OpenMP waits
+    "threads_all_workers2": (["--workers", "2", "--threads", str(os.cpu_count() or 1)], {"OMP_WAIT_POLICY": "ACTIVE"}),
+    "threads1_workers0": (["--workers", "0", "--threads", "1"], {}),
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("config", list(POLICY_CONFIGS))
+@pytest.mark.parametrize("load", ["as_is", "competing"])
+def test_thread_policy(benchmark, setup, load, config):
+    if setup["device"].type != "cpu":
+        pytest.skip("the CPU thread policy is measured on CPUs")
+    extra, env = POLICY_CONFIGS[config]
+    args = _command("command", setup["folders"]["all"], setup["device"], extra)
+    with _competing_load(load):
+        seconds = _time_process(args, {**setup["env"], **env}, 2)
+        _record(f"policy/{load}/{config}", {"device_type": "cpu", "images": setup["count"], "rounds_s": seconds,
+                                           "median_s": min(seconds), "images_per_s": setup["count"] / min(seconds),
+                                           "options": extra, "env": env})
+    benchmark.pedantic(lambda: None, rounds=1, iterations=1)
+    benchmark.extra_info.update(_results[f"policy/{load}/{config}"])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("workers", [1, 2])
+def test_ray_workers(benchmark, setup, workers):
+    ray = pytest.importorskip("ray", reason="the Ray engine is an optional extra: pip install 'iqa-plugins[ray]'")
+    from iqa_plugins.scale.ray_engine import score_with_ray
+
+    if setup["device"].type != "cpu":
+        pytest.skip("CPU actors here; on GPUs one actor per GPU (--num-gpus-per-worker 1)")
+    if not ray.is_initialized():
+        ray.init(num_cpus=3, include_dashboard=False, log_to_driver=False, logging_level="WARNING")
+    out = setup["root"] / f"ray{workers}.csv"
+    summary = score_with_ray([str(setup["folders"]["all"])], "drexperts", out,
+                             metric_options={"pretrained_model_path": str(setup["weights"])},
+                             num_workers=workers, batch_size=BATCH, progress=False)
+    assert summary.scored == setup["count"], summary.failures
+    benchmark.pedantic(lambda: None, rounds=1, iterations=1)
+    _record(f"ray/workers{workers}", {"device_type": "cpu", "images": setup["count"], "workers": workers,
+                                      "median_s": summary.seconds, "first_result_s": summary.first_result_s,
+                                      "steady_images_per_s": summary.steady_images_per_s,
+                                      "images_per_s": setup["count"] / summary.seconds}, benchmark)
+    if workers == 2:
+        ray.shutdown()
