@@ -10,9 +10,13 @@ same file without options. Input: N JPEG photos of 512x384 (random content; deco
 of this size). Cases, all in one run so their ratios share the machine's load:
 - `bare_loop/*`: `metric(batch)` on tensors already decoded and stacked, batches of 8 (the command's default), at
   torch's default thread count and at the policy's;
-- `command/one`, `command/all`: the whole command in a fresh process on 1 and on N images; their difference is
-  the steady rate ((N - 1) / (T_all - T_one)), T_one is the time to the first score of one image;
-- `pyiqa_command/one`, `pyiqa_command/all`: the same for `pyiqa drexperts -t DIR`;
+- `loop/command`, `loop/pyiqa_command`: each command's scoring loop on the N images with its model already built:
+  decode (DataLoader workers) + score + CSV write at the thread policy for `iqa-plugins score`, one path at a time
+  through `metric(path)` for `pyiqa drexperts -t DIR` (its command's loop);
+- `entry_point/command`, `entry_point/pyiqa_command`: each command's own entry point on the N images, called in
+  this process (imports paid once, the model built in every run, as a command does);
+- `start_up/command`, `start_up/pyiqa_command`: a fresh process of each command on one image, start to exit
+  (the time to the first score of one image);
 - `policy/<load>/<config>`: the command on N images with the default policy, the previous defaults (2 decoding
   workers, torch's default threads, spinning OpenMP waits) and one thread with no worker, on the machine as it is
   and with one competing process spinning on a core;
@@ -76,29 +80,19 @@ def _record(key: str, info: dict, benchmark=None) -> None:
     _write()
 
 
-def _steady(prefix: str, count: int) -> float | None:
-    one, full = _results.get(f"{prefix}/one"), _results.get(f"{prefix}/all")
-    if not one or not full or full["median_s"] <= one["median_s"]:
-        return None
-    return (count - 1) / (full["median_s"] - one["median_s"])
-
-
 def _write() -> None:
-    count = next((r["images"] for k, r in _results.items() if k.endswith("/all")), None)
     summary: dict[str, float | None] = {}
-    if count:
-        summary["command_steady_images_per_s"] = _steady("command", count)
-        summary["pyiqa_command_steady_images_per_s"] = _steady("pyiqa_command", count)
-    for name in ("torch_default_threads", "policy_threads"):
-        bare = _results.get(f"bare_loop/{name}")
-        if bare and summary.get("command_steady_images_per_s"):
-            summary[f"command_over_bare_loop_{name}"] = summary["command_steady_images_per_s"] / bare["images_per_s"]
-    if summary.get("command_steady_images_per_s") and summary.get("pyiqa_command_steady_images_per_s"):
-        summary["command_over_pyiqa_command"] = (summary["command_steady_images_per_s"]
-                                                 / summary["pyiqa_command_steady_images_per_s"])
-    for prefix in ("command", "pyiqa_command"):
-        if f"{prefix}/one" in _results:
-            summary[f"{prefix}_first_score_of_one_image_s"] = _results[f"{prefix}/one"]["median_s"]
+    for scope in ("loop", "entry_point"):
+        ours, theirs = _results.get(f"{scope}/command"), _results.get(f"{scope}/pyiqa_command")
+        for name in ("torch_default_threads", "policy_threads"):
+            bare = _results.get(f"bare_loop/{name}")
+            if bare and ours:
+                summary[f"command_{scope}_over_bare_loop_{name}"] = ours["images_per_s"] / bare["images_per_s"]
+        if ours and theirs:
+            summary[f"command_{scope}_over_pyiqa_command_{scope}"] = ours["images_per_s"] / theirs["images_per_s"]
+    for tool in ("command", "pyiqa_command"):
+        if f"start_up/{tool}" in _results:
+            summary[f"{tool}_first_score_of_one_image_s"] = _results[f"start_up/{tool}"]["median_s"]
     ray1, ray2 = _results.get("ray/workers1"), _results.get("ray/workers2")
     if ray1 and ray2 and ray1.get("steady_images_per_s") and ray2.get("steady_images_per_s"):
         summary["ray_scaling_efficiency_2_workers"] = ray2["steady_images_per_s"] / (2 * ray1["steady_images_per_s"])
@@ -158,26 +152,98 @@ def test_bare_loop(benchmark, setup, bench_mode, threads):
 
 
 def _command(tool: str, folder: Path, device: torch.device, extra: list[str] = ()) -> list[str]:
+    """The command line a user types (arguments after the program name)."""
     if tool == "command":
-        return [str(BIN / "iqa-plugins"), "score", str(folder), "--metric", "drexperts", "--device", device.type,
+        return ["score", str(folder), "--metric", "drexperts", "--device", device.type,
                 "-o", str(folder.parent / f"{folder.name}.csv"), "-q", *extra]
-    return [str(BIN / "pyiqa"), "drexperts", "-t", str(folder), "--device", device.type]
+    return ["drexperts", "-t", str(folder), "--device", device.type]
+
+
+def _run_in_process(tool: str, argv: list[str]) -> None:
+    """One run of the command's own entry point in this process (imports already paid; model built each run)."""
+    threads = torch.get_num_threads()
+    try:
+        with open(os.devnull, "w") as sink, contextlib.redirect_stdout(sink), contextlib.redirect_stderr(sink):
+            if tool == "command":
+                from iqa_plugins.cli import main
+
+                status = main(argv)
+            else:
+                from unittest import mock
+
+                from pyiqa.pyiqa_cmd import main
+
+                with mock.patch.object(sys, "argv", ["pyiqa", *argv]):
+                    status = main()
+    finally:
+        torch.set_num_threads(threads)  # the command applies its thread policy to this process
+    if status:
+        raise RuntimeError(f"{tool} {' '.join(argv)} exited with {status}")
+
+
+def _scoring_loop(tool: str, setup: dict):
+    """The command's loop after its model is built: the timed part of a long scoring job."""
+    folder, device = setup["folders"]["all"], setup["device"]
+    if tool == "command":
+        from iqa_plugins.metric_factory import create_metric
+        from iqa_plugins.runtime import apply_plan, plan_threads
+        from iqa_plugins.scoring import RowWriter, collect_images, score_files
+
+        metric = create_metric("drexperts", device=device)
+        paths, _ = collect_images([str(folder)])
+        plan = plan_threads(device.type)
+
+        def run():
+            apply_plan(plan)
+            with open(setup["root"] / "loop.csv", "w", newline="") as handle:
+                summary = score_files(paths, metric, RowWriter(handle, "csv"), batch_size=BATCH,
+                                      num_workers=plan.workers, progress=False)
+            assert summary.scored == len(paths)
+    else:
+        import pyiqa
+        from pyiqa.utils import scandir_images
+
+        metric = pyiqa.create_metric("drexperts", device=device)
+
+        def run():
+            for target in scandir_images(str(folder)):  # pyiqa's command: one file at a time, path in
+                metric(target).item()
+    return run
+
+
+@pytest.mark.parametrize("scope", ["loop", "entry_point"])
+@pytest.mark.parametrize("tool", ["command", "pyiqa_command"])
+def test_command_throughput(benchmark, setup, bench_mode, monkeypatch, tool, scope):
+    monkeypatch.setenv("TORCH_HOME", setup["env"]["TORCH_HOME"])  # the benchmark's checkpoint as the default
+    threads = torch.get_num_threads()
+    try:
+        if scope == "loop":
+            run = _scoring_loop(tool, setup)
+        else:
+            argv = _command(tool, setup["folders"]["all"], setup["device"])
+            _run_in_process(tool, _command(tool, setup["folders"]["one"], setup["device"]))  # warm-up
+
+            def run():
+                _run_in_process(tool, argv)
+        run()  # warm-up
+        benchmark.pedantic(run, rounds=1 if bench_mode == "quick" else 3, iterations=1)
+    finally:
+        torch.set_num_threads(threads)
+    median = benchmark.stats.stats.median
+    _record(f"{scope}/{tool}", {"device_type": setup["device"].type, "images": setup["count"],
+                                "median_s": median, "images_per_s": setup["count"] / median}, benchmark)
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("images", ["one", "all"])
 @pytest.mark.parametrize("tool", ["command", "pyiqa_command"])
-def test_command(benchmark, setup, tool, images):
-    folder = setup["folders"][images]
-    args = _command(tool, folder, setup["device"])
+def test_first_score_of_one_image(benchmark, setup, tool):
+    program = [str(BIN / "iqa-plugins")] if tool == "command" else [str(BIN / "pyiqa")]
+    args = program + _command(tool, setup["folders"]["one"], setup["device"])
     _time_process(args, setup["env"], 1)  # warm the file cache
     seconds = _time_process(args, setup["env"], 3)
-    benchmark.extra_info["rounds_s"] = seconds
-    count = 1 if images == "one" else setup["count"]
-    median = sorted(seconds)[1]
-    benchmark.pedantic(lambda: None, rounds=1, iterations=1)  # the timings are the subprocesses' above
-    _record(f"{tool}/{images}", {"device_type": setup["device"].type, "images": count, "rounds_s": seconds,
-                                 "median_s": median, "images_per_s": count / median}, benchmark)
+    benchmark.pedantic(lambda: None, rounds=1, iterations=1)  # the timings are the fresh processes' above
+    _record(f"start_up/{tool}", {"device_type": setup["device"].type, "images": 1, "rounds_s": seconds,
+                                 "median_s": sorted(seconds)[1], "images_per_s": 1 / sorted(seconds)[1]}, benchmark)
 
 
 @contextlib.contextmanager
@@ -210,7 +276,7 @@ def test_thread_policy(benchmark, setup, load, config):
     if setup["device"].type != "cpu":
         pytest.skip("the CPU thread policy is measured on CPUs")
     extra, env = POLICY_CONFIGS[config]
-    args = _command("command", setup["folders"]["all"], setup["device"], extra)
+    args = [str(BIN / "iqa-plugins"), *_command("command", setup["folders"]["all"], setup["device"], extra)]
     with _competing_load(load):
         seconds = _time_process(args, {**setup["env"], **env}, 2)
         _record(f"policy/{load}/{config}", {"device_type": "cpu", "images": setup["count"], "rounds_s": seconds,
