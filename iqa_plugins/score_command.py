@@ -30,9 +30,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dtype", choices=sorted(DTYPES), default="fp32", help="autocast precision")
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--workers", type=int, default=None,
-                        help="decoding processes (default: 1 on CPU, all cores but one on CUDA)")
+                        help="decoding processes (default: 1 on CPU, all cores but one on CUDA; "
+                        "--engine ray: per actor, default 0)")
     parser.add_argument("--threads", type=int, default=None,
-                        help="torch threads (default: the cores the decoding workers leave free)")
+                        help="torch threads (default: the cores the decoding workers leave free; "
+                        "--engine ray: per actor, default 1)")
     parser.add_argument("--engine", choices=["local", "ray"], default="local",
                         help="local: this process; ray: a pool of Ray actors (pip install 'iqa-plugins[ray]')")
     parser.add_argument("--address", default=None,

@@ -30,6 +30,7 @@ def run_ray_engine(args: argparse.Namespace, metric_opts: dict[str, Any]) -> int
         summary = score_with_ray(
             args.inputs, args.metric, args.output, metric_options=metric_opts, explain=args.explain,
             batch_size=args.batch_size, num_workers=args.num_workers, cpus_per_worker=float(args.threads or 1),
+            decode_workers=args.workers or 0,
             gpus_per_worker=args.num_gpus_per_worker, address=args.address, resume=args.resume,
             min_side=args.min_side, progress=not args.quiet,
         )

@@ -227,9 +227,6 @@ class RaySummary:
     merged_rows: int | None = None
     seconds: float = 0.0
     workers: int = 0
-    # Start-up (cluster, actors loading the metric) until the first results arrive, and the rate after it.
-    first_result_s: float | None = None
-    steady_images_per_s: float | None = None
 
 
 def _init_ray(address: str | None, cpus_per_worker: float, num_workers: int | None) -> bool:
@@ -273,6 +270,7 @@ def score_with_ray(
     batch_size: int = 8,
     num_workers: int | None = None,
     cpus_per_worker: float = 1.0,
+    decode_workers: int = 0,
     gpus_per_worker: float = 0.0,
     address: str | None = None,
     resume: bool = False,
@@ -285,6 +283,8 @@ def score_with_ray(
 
     ``output`` ending in .csv/.jsonl: shards in ``<output>.shards/``, merged into ``output`` at the end; otherwise
     ``output`` is the shard folder. ``resume``: skip images already in the shards (same metric and options).
+    Each actor reserves ``cpus_per_worker`` CPUs for torch threads plus ``decode_workers`` CPUs for decoding
+    processes of its own (worth it on GPU actors, where decoding would otherwise stall the device).
     Starts a local Ray cluster unless Ray is already initialised or ``address`` names one (``"auto"``).
     """
     import ray
@@ -303,10 +303,11 @@ def score_with_ray(
     summary.already_done = len(paths) - len(todo)
     if num_workers is not None and num_workers < 1:
         raise ValueError(f"--num-workers must be >= 1, got {num_workers}")
-    started_here = _init_ray(address, cpus_per_worker, num_workers) if todo else False
+    actor_cpus = cpus_per_worker + decode_workers
+    started_here = _init_ray(address, actor_cpus, num_workers) if todo else False
     try:
         if todo:
-            workers = num_workers or _default_workers(cpus_per_worker, gpus_per_worker)
+            workers = num_workers or _default_workers(actor_cpus, gpus_per_worker)
             # an actor that would get no batch only costs its start-up
             summary.workers = workers = max(1, min(workers, math.ceil(len(todo) / batch_size)))
             ray.data.DataContext.get_current().enable_progress_bars = False
@@ -315,18 +316,17 @@ def score_with_ray(
                 ImageScorer,
                 fn_constructor_kwargs={"metric": metric, "metric_options": options, "explain": explain,
                                        "min_side": min_side, "batch_size": batch_size,
+                                       "decode_workers": decode_workers,
+                                       "threads": max(1, int(cpus_per_worker)),
                                        "metric_factory": metric_factory},
                 batch_size=batch_size,
                 compute=ray.data.ActorPoolStrategy(size=workers),
-                num_cpus=cpus_per_worker,
+                num_cpus=actor_cpus,
                 num_gpus=gpus_per_worker or None,
                 batch_format="numpy",
             )
             bar = tqdm(total=len(todo), unit="img", disable=not progress, file=sys.stderr)
-            first_rows, first_at = 0, None
             for batch in scored.iter_batches(batch_size=None, batch_format="numpy"):
-                if first_at is None:
-                    first_at, first_rows = time.perf_counter(), len(batch["path"])
                 for path, row, error in zip(batch["path"], batch["row"], batch["error"]):
                     if error:
                         summary.failures.append(Failure(str(path), str(error)))
@@ -335,9 +335,6 @@ def score_with_ray(
                         summary.scored += store.add([json.loads(row)])
                 bar.update(len(batch["path"]))
             bar.close()
-            summary.first_result_s = first_at - started if first_at is not None else None
-            if first_at is not None and len(todo) > first_rows:
-                summary.steady_images_per_s = (len(todo) - first_rows) / (time.perf_counter() - first_at)
     finally:
         store.flush()  # whatever arrived is kept, even when the run stops with an error
         if started_here:
