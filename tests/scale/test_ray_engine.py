@@ -17,8 +17,7 @@ import pyarrow as pa  # noqa: E402  (installed with ray[data])
 import pyarrow.parquet as pq  # noqa: E402
 
 from iqa_plugins.metric_factory import create_metric  # noqa: E402
-from iqa_plugins.scale.ray_engine import list_image_paths, score_with_ray  # noqa: E402
-from iqa_plugins.scale.shards import ShardStore, merge  # noqa: E402
+from iqa_plugins.scale.ray_engine import score_with_ray  # noqa: E402
 from iqa_plugins.scoring import score_files  # noqa: E402
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
