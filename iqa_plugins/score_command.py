@@ -20,7 +20,9 @@ from iqa_plugins.scoring import DTYPES, Failure, RowWriter, collect_images, scor
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("inputs", nargs="+", help="image files, directories (recursive) or glob patterns")
+    parser.add_argument("inputs", nargs="+", help="image files, directories (recursive) or glob patterns; "
+                        "--engine ray also: list files (.txt, one path per line), Parquet files with a 'path' "
+                        "column, URIs")
     parser.add_argument("--metric", required=True, help="any pyiqa NR metric, e.g. drexperts, exiqa, topiq_nr")
     parser.add_argument(
         "--metric-opt", action="append", default=[], metavar="KEY=VALUE",
@@ -40,7 +42,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--address", default=None,
                         help="--engine ray: cluster address ('auto': the running cluster; default: start a local one)")
     parser.add_argument("--num-workers", type=int, default=None,
-                        help="--engine ray: scoring actors (default: GPUs / --num-gpus-per-worker, else CPUs / --threads)")
+                        help="--engine ray: scoring actors (default: GPUs / --num-gpus-per-worker, else one per "
+                        "--threads + --workers CPUs, one CPU left to Ray)")
     parser.add_argument("--num-gpus-per-worker", type=float, default=0,
                         help="--engine ray: GPUs per scoring actor (1: one actor per GPU)")
     parser.add_argument("--format", choices=["csv", "jsonl"], help="default: from --output's suffix, else csv")

@@ -155,7 +155,7 @@ def test_command_as_the_readme_prints_it(fresh, console_script, tmp_path, small_
     out = tmp_path / "scores.csv"
     result = fresh([console_script("iqa-plugins"), "score", str(tmp_path / "photos"), "--metric", "drexperts",
                     "--metric-opt", f"pretrained_model_path={small_weights}", "--engine", "ray",
-                    "--num-workers", "2", "--output", str(out), "-q"], timeout=500)
+                    "--num-workers", "2", "--batch-size", "2", "--output", str(out), "-q"], timeout=500)
     assert result.returncode == 1, result.stderr  # one file skipped
     assert "notes.jpg: not a recognised image format" in result.stderr
     assert "scored 3 image(s) with drexperts on 2 Ray worker(s)" in result.stderr
