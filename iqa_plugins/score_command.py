@@ -1,5 +1,9 @@
 """``iqa-plugins score``: score files, folders and globs with one or several metrics; stream CSV/JSONL rows.
 
+``--engine local`` (default) scores in this process with the runtime's split of the cores between decoding
+workers and torch threads; ``--engine ray`` hands the same checked arguments to a pool of Ray actors
+(:mod:`iqa_plugins.scale.ray_command`), which write the same score file format.
+
 Exit status: 0 every image scored; 1 some inputs were skipped (each named on stderr and in
 ``<output>.errors.jsonl``; every other row was written); 2 nothing was done (bad arguments, no images,
 metric unavailable, an output that cannot be resumed) and no output file was touched; 130 interrupted

@@ -42,7 +42,6 @@ import numpy as np
 from iqa_plugins.io import DEFAULT_MIN_SIDE
 from iqa_plugins.scale.shards import ShardStore, merge, merged_format
 from iqa_plugins.scoring import Failure, collect_images, load_metric, score_paths
-from iqa_plugins.scoring_output import MetricSpec
 
 LIST_FILE_SUFFIXES = frozenset({".txt", ".lst", ".list"})
 _URI = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
@@ -131,9 +130,8 @@ class ImageScorer:
 
     ``metric``: a name or several (each image decoded once, one column per metric); ``metric_options``: one
     metric's options, or with several metrics ``{name: options}``. In: a batch with a ``path`` column. Out:
-    columns ``path``, ``row`` (the score file's row as JSON, "" for a bad file), ``error`` (the reason a file was
-    skipped, "" when scored) and ``metrics`` (the loaded metrics' metadata as JSON on the batch's first row, ""
-    on the others). JSON keeps the batch schema fixed whatever explanation columns a metric has, and
+    columns ``path``, ``row`` (the score file's row as JSON, "" for a bad file) and ``error`` (the reason a file
+    was skipped, "" when scored). JSON keeps the batch schema fixed whatever explanation columns a metric has, and
     round-trips floats exactly.
 
     Threads: torch uses as many threads as CPUs Ray assigned to the actor (``num_cpus``), or ``threads``. Device:
@@ -160,7 +158,6 @@ class ImageScorer:
         self.dtype = dtype
         self.metrics = [load_metric(name, options[name], device, explain=explain, create=metric_factory)
                         for name in names]
-        self.metadata = json.dumps([m.spec.to_json() for m in self.metrics])
 
     def _localise(self, path: str, folder: str) -> str:
         """A local file for ``path``: itself, or a download of a URI into ``folder`` (suffix kept)."""
@@ -196,7 +193,6 @@ class ImageScorer:
             "path": np.array(paths, dtype=object),
             "row": np.array([rows.get(p, "") for p in paths], dtype=object),
             "error": np.array([errors.get(p, "" if p in rows else "not scored") for p in paths], dtype=object),
-            "metrics": np.array([self.metadata if i == 0 else "" for i in range(len(paths))], dtype=object),
         }
 
 
@@ -292,9 +288,12 @@ def score_with_ray(
     if num_workers is not None and num_workers < 1:
         raise ValueError(f"--num-workers must be >= 1, got {num_workers}")
     summary = RaySummary()
+    # Built once here before any output is touched: a metric that cannot be built (unknown name, bad options,
+    # missing weights) is a MetricLoadError now rather than every actor failing, and the score file's
+    # metadata gets the loaded weights' own scale.
+    specs = [load_metric(n, options[n], "cpu", explain=explain, create=metric_factory).spec for n in names]
     paths, summary.failures = list_image_paths(sources, column)
-    store = ShardStore(output, [MetricSpec(n, options[n], explain) for n in names], resume=resume,
-                       rows_per_shard=rows_per_shard)
+    store = ShardStore(output, specs, resume=resume, rows_per_shard=rows_per_shard)
     for failure in summary.failures:
         store.add_error(failure.path, failure.reason)
     done = store.written
@@ -324,13 +323,8 @@ def score_with_ray(
                 batch_format="numpy",
             )
             bar = tqdm(total=len(todo), unit="img", disable=not progress, file=sys.stderr)
-            loaded = False
             for batch in scored.iter_batches(batch_size=None, batch_format="numpy"):
-                for path, row, error, metadata in zip(batch["path"], batch["row"], batch["error"],
-                                                      batch["metrics"]):
-                    if metadata and not loaded:  # the metrics as loaded: their weights' own scale
-                        store.set_metrics([MetricSpec(**entry) for entry in json.loads(metadata)])
-                        loaded = True
+                for path, row, error in zip(batch["path"], batch["row"], batch["error"]):
                     if error:
                         summary.failures.append(Failure(str(path), str(error)))
                         store.add_error(str(path), str(error))

@@ -68,18 +68,13 @@ class ShardStore:
                     f"--resume: {self.directory} holds scores of {[s.to_json() for s in stored]}, not of "
                     f"{[m.to_json() for m in metrics]}; use another --output or drop --resume")
             self._written = self.done_paths()
-            metrics = stored  # they know the loaded weights' scale
         self.directory.mkdir(parents=True, exist_ok=True)
         if not resume:
             for shard in self.shards():
                 shard.unlink()
         self.errors = ErrorLog(str(self.output), append=resume)
-        self.set_metrics(metrics)
-
-    def set_metrics(self, metrics: list[MetricSpec]) -> None:
-        """Record the metrics (as the workers loaded them: with their weights' scale) for the merge."""
         self.metrics = metrics
-        _write_atomic(self.directory / self.META, json.dumps(make_metadata(metrics, []), indent=1))
+        _write_atomic(meta_path, json.dumps(make_metadata(metrics, []), indent=1))
 
     @property
     def written(self) -> frozenset[str]:

@@ -19,7 +19,7 @@ import pyarrow.parquet as pq  # noqa: E402
 from iqa_plugins.metric_factory import create_metric  # noqa: E402
 from iqa_plugins.report import read_score_file  # noqa: E402
 from iqa_plugins.scale.ray_engine import score_with_ray  # noqa: E402
-from iqa_plugins.scoring import Failure, load_metric, score_paths  # noqa: E402
+from iqa_plugins.scoring import Failure, MetricLoadError, load_metric, score_paths  # noqa: E402
 from iqa_plugins.scoring_output import MetricSpec, open_for_resume, read_rows  # noqa: E402
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
@@ -77,6 +77,38 @@ def test_same_scores_as_one_process_and_bad_files_named(cluster, tmp_path, optio
     meta = json.loads(open(str(out) + ".meta.json").read())
     assert meta["format"] == "iqa-plugins-scores" and meta["columns"] == ["path", "drexperts"]
     assert meta["metrics"][0]["name"] == "drexperts" and meta["metrics"][0]["options"] == options
+
+
+def test_several_metrics_in_one_pass(cluster, tmp_path, options, write_photos):
+    # a plugin metric and one of pyiqa's own (weight-free, so every process builds the same one)
+    paths = write_photos(tmp_path / "imgs", [(128, 160), (96, 128), (128, 160)])
+    both = {"drexperts": options, "piqe": {}}
+    metrics = [load_metric(name, opts, "cpu") for name, opts in both.items()]
+    expected = {r["path"]: r for r in score_paths([str(p) for p in paths], metrics, batch_size=2)}
+    out = tmp_path / "scores.jsonl"
+    summary = score_with_ray([str(tmp_path / "imgs")], ["drexperts", "piqe"], out, metric_options=both,
+                             num_workers=WORKERS, batch_size=2, progress=False)
+    assert summary.scored == 3 and not summary.failures
+    meta, rows = read_rows(out)
+    assert [m["name"] for m in meta["metrics"]] == ["drexperts", "piqe"]
+    assert meta["columns"] == ["path", "drexperts", "piqe"]
+    assert open_for_resume(out, "jsonl", [MetricSpec(n, o) for n, o in both.items()]).done == set(expected)
+    for row in rows:
+        want = expected[row["path"]]
+        assert list(row) == list(want)
+        assert [row[c] for c in meta["columns"][1:]] == pytest.approx([want[c] for c in meta["columns"][1:]],
+                                                                      rel=1e-5, abs=1e-6)
+
+
+def test_a_metric_that_cannot_be_built_touches_no_output(tmp_path, options, write_photos):
+    write_photos(tmp_path / "imgs", [(96, 128)])
+    out = tmp_path / "scores.csv"
+    out.write_text("kept\n")
+    with pytest.raises(MetricLoadError, match="does not accept the --metric-opt given"):
+        score_with_ray([str(tmp_path / "imgs")], "drexperts", out, metric_options={**options, "nope": 1},
+                       progress=False)
+    assert out.read_text() == "kept\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["imgs", "scores.csv"]
 
 
 class _DiesOnSecondCall:

@@ -59,3 +59,6 @@ def test_command_warns_and_refuses(fresh, console_script, tmp_path, write_photos
     assert "warning: 64 torch thread(s) and 1 decoding worker(s) oversubscribe" in warned.stderr
     refused = fresh([*base, "--threads", "0"])
     assert refused.returncode == 2 and "--threads must be >= 1" in refused.stderr
+    ray_only = fresh([*base, "--num-workers", "2", "--output", str(tmp_path / "s.csv")])
+    assert ray_only.returncode == 2 and "--num-workers: only with --engine ray" in ray_only.stderr
+    assert not (tmp_path / "s.csv").exists()
