@@ -114,13 +114,14 @@ def _metric_options(items: list[str], names: list[str]) -> dict[str, dict[str, A
     return options
 
 
-def _check_output(output: str | None, resume: bool) -> None:
+def _check_output(output: str | None, resume: bool, folder_ok: bool = False) -> None:
+    """``folder_ok``: --engine ray keeps only its shards in a folder named without a .csv/.jsonl suffix."""
     if output is None:
         if resume:
             raise UsageError("--resume needs --output")
         return
     path = Path(output)
-    if path.is_dir():
+    if path.is_dir() and not (folder_ok and path.suffix.lower() not in (".csv", ".jsonl")):
         raise UsageError(f"--output {output!r} is a directory; name a file")
     parent = path.parent if str(path.parent) else Path(".")
     existing = next((p for p in (parent, *parent.parents) if p.exists()), Path("."))
@@ -162,7 +163,7 @@ def _check_arguments(args: argparse.Namespace) -> tuple[list[str], dict[str, dic
             raise UsageError(f"{', '.join(given)}: only with --engine ray")
     names = _metric_names(args.metric)
     options = _metric_options(args.metric_opt, names)
-    _check_output(args.output, args.resume)
+    _check_output(args.output, args.resume, folder_ok=args.engine == "ray")
     return names, options
 
 
