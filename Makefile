@@ -16,8 +16,9 @@ $(STAMP): pyproject.toml setup.py $(wildcard kernels/attribute_scorer/csrc/*)
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip "setuptools<82" wheel ninja
 	$(PY) -m pip install --quiet $(TORCH_PINS)
-	# --no-build-isolation: compile the C++ scorer against the pinned torch already in the venv
-	$(PY) -m pip install --quiet --no-build-isolation -e ".[dev]" $(TORCH_PINS)
+	# --no-build-isolation: compile the C++ scorer against the pinned torch already in the venv.
+	# The ray extra (Ray Data, ~35 s to install) lets the suite test `score --engine ray`; its tests skip without it.
+	$(PY) -m pip install --quiet --no-build-isolation -e ".[dev,ray]" $(TORCH_PINS)
 	$(PY) -c "import iqa_plugins.kernels as k; print('attribute scorer backend:', k.attribute_scores_backend())"
 	touch $@
 

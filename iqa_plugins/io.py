@@ -62,7 +62,9 @@ def _to_rgb_array(img: Image.Image) -> np.ndarray:
         rgba = img.convert("RGBA")
         white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
         img = Image.alpha_composite(white, rgba)
-    return np.asarray(img.convert("RGB"), dtype=np.float32) / 255.0
+    # uint8 first, then one in-place division: np.asarray(img, dtype=float32) is ~10x slower, same values
+    array = np.asarray(img.convert("RGB")).astype(np.float32)
+    return np.divide(array, 255.0, out=array)
 
 
 @contextmanager

@@ -1,5 +1,9 @@
 """``iqa-plugins score``: score files, folders and globs with one or several metrics; stream CSV/JSONL rows.
 
+``--engine local`` (default) scores in this process with the runtime's split of the cores between decoding
+workers and torch threads; ``--engine ray`` hands the same checked arguments to a pool of Ray actors
+(:mod:`iqa_plugins.scale.ray_command`), which write the same score file format.
+
 Exit status: 0 every image scored; 1 some inputs were skipped (each named on stderr and in
 ``<output>.errors.jsonl``; every other row was written); 2 nothing was done (bad arguments, no images,
 metric unavailable, an output that cannot be resumed) and no output file was touched; 130 interrupted
@@ -19,6 +23,7 @@ from typing import Any
 import yaml
 
 from iqa_plugins.io import DEFAULT_MIN_SIDE
+from iqa_plugins.runtime import ThreadPlan, apply_plan, plan_threads, quiet_openmp_waits
 from iqa_plugins.scoring import DTYPES, Failure, LoadedMetric, MetricLoadError, collect_images, load_metric, score_paths
 from iqa_plugins.scoring_output import (
     ErrorLog,
@@ -36,7 +41,9 @@ class UsageError(ValueError):
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("inputs", nargs="+", help="image files, directories (recursive) or glob patterns")
+    parser.add_argument("inputs", nargs="+", help="image files, directories (recursive) or glob patterns; "
+                        "--engine ray also: list files (.txt, one path per line), Parquet files with a 'path' "
+                        "column, URIs")
     parser.add_argument(
         "--metric", action="append", required=True,
         help="any pyiqa NR metric, e.g. drexperts, exiqa, topiq_nr; repeat it or give a comma list to score "
@@ -50,7 +57,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="auto", help="auto (CUDA if available), cpu, cuda, cuda:1, ...")
     parser.add_argument("--dtype", choices=sorted(DTYPES), default="fp32", help="autocast precision")
     parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1), help="decoding processes")
+    parser.add_argument("--workers", type=int, default=None,
+                        help="decoding processes (default: 1 on CPU, all cores but one on CUDA; "
+                        "--engine ray: per actor, default 0)")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch threads (default: the cores the decoding workers leave free; "
+                        "--engine ray: per actor, default 1)")
+    parser.add_argument("--engine", choices=["local", "ray"], default="local",
+                        help="local: this process; ray: a pool of Ray actors (pip install 'iqa-plugins[ray]')")
+    parser.add_argument("--address", default=None,
+                        help="--engine ray: cluster address ('auto': the running cluster; default: start a local one)")
+    parser.add_argument("--num-workers", type=int, default=None,
+                        help="--engine ray: scoring actors (default: GPUs / --num-gpus-per-worker, else one per "
+                        "--threads + --workers CPUs, one CPU left to Ray)")
+    parser.add_argument("--num-gpus-per-worker", type=float, default=0,
+                        help="--engine ray: GPUs per scoring actor (1: one actor per GPU)")
     parser.add_argument("--format", choices=["csv", "jsonl"], help="default: from --output's suffix, else csv")
     parser.add_argument("--output", "-o", help="file to write (default: standard output)")
     parser.add_argument("--resume", action="store_true",
@@ -93,13 +114,14 @@ def _metric_options(items: list[str], names: list[str]) -> dict[str, dict[str, A
     return options
 
 
-def _check_output(output: str | None, resume: bool) -> None:
+def _check_output(output: str | None, resume: bool, folder_ok: bool = False) -> None:
+    """``folder_ok``: --engine ray keeps only its shards in a folder named without a .csv/.jsonl suffix."""
     if output is None:
         if resume:
             raise UsageError("--resume needs --output")
         return
     path = Path(output)
-    if path.is_dir():
+    if path.is_dir() and not (folder_ok and path.suffix.lower() not in (".csv", ".jsonl")):
         raise UsageError(f"--output {output!r} is a directory; name a file")
     parent = path.parent if str(path.parent) else Path(".")
     existing = next((p for p in (parent, *parent.parents) if p.exists()), Path("."))
@@ -124,18 +146,31 @@ class _Plan:
         return self.existing is not None and not self.existing.empty
 
 
-def _plan(args: argparse.Namespace) -> _Plan:
-    """Everything that can be checked before a metric is built or a file written."""
+def _check_arguments(args: argparse.Namespace) -> tuple[list[str], dict[str, dict[str, Any]]]:
+    """The checks both engines share; returns the metric names and each one's options."""
     if args.batch_size < 1:
         raise UsageError(f"--batch-size must be >= 1, got {args.batch_size}")
-    if args.workers < 0:
+    if args.workers is not None and args.workers < 0:
         raise UsageError(f"--workers must be >= 0, got {args.workers}")
+    if args.threads is not None and args.threads < 1:
+        raise UsageError(f"--threads must be >= 1, got {args.threads}")
     if args.min_side < 1:
         raise UsageError(f"--min-side must be >= 1, got {args.min_side}")
-    fmt = format_for(args.output, args.format)
+    if args.engine != "ray":
+        given = [flag for flag, value in (("--address", args.address), ("--num-workers", args.num_workers),
+                                          ("--num-gpus-per-worker", args.num_gpus_per_worker)) if value]
+        if given:
+            raise UsageError(f"{', '.join(given)}: only with --engine ray")
     names = _metric_names(args.metric)
     options = _metric_options(args.metric_opt, names)
-    _check_output(args.output, args.resume)
+    _check_output(args.output, args.resume, folder_ok=args.engine == "ray")
+    return names, options
+
+
+def _plan(args: argparse.Namespace) -> _Plan:
+    """Everything that can be checked before a metric is built or a file written."""
+    names, options = _check_arguments(args)
+    fmt = format_for(args.output, args.format)
     requested = [MetricSpec(n, options[n], args.explain) for n in names]
     paths, failures = collect_images(args.inputs)
     existing = open_for_resume(args.output, fmt, requested) if args.resume else None
@@ -164,7 +199,30 @@ def _device(choice: str) -> str:
     return choice
 
 
+def _thread_plan(args: argparse.Namespace, device: str, images: int) -> ThreadPlan:
+    """The runtime policy's split of the cores, applied to this process; a warning when it oversubscribes."""
+    import torch
+
+    plan = plan_threads(torch.device(device).type, threads=args.threads, workers=args.workers)
+    if plan.warning:
+        print(f"iqa-plugins score: warning: {plan.warning}", file=sys.stderr)
+    apply_plan(plan)
+    if images <= args.batch_size:  # a single batch has nothing to overlap its decoding with
+        plan = ThreadPlan(plan.torch_threads, 0, plan.cores, plan.warning)
+    return plan
+
+
 def main(args: argparse.Namespace) -> int:
+    quiet_openmp_waits()  # effective only before torch is imported, which the checks below may do
+    if args.engine == "ray":
+        from iqa_plugins.scale.ray_command import run_ray_engine
+
+        try:
+            names, options = _check_arguments(args)
+        except UsageError as error:
+            print(f"iqa-plugins score: {error}", file=sys.stderr)
+            return 2
+        return run_ray_engine(args, names, options)
     try:
         plan = _plan(args)
         if not plan.paths:
@@ -176,15 +234,16 @@ def main(args: argparse.Namespace) -> int:
             print("iqa-plugins score: no images to score", file=sys.stderr)
             return 2
         device = _device(args.device)
+        threads = _thread_plan(args, device, len(plan.paths))
         metrics: list[LoadedMetric] = [load_metric(n, plan.options[n], device, explain=args.explain)
                                        for n in plan.names]
     except (UsageError, OutputFormatError, MetricLoadError) as error:
         print(f"iqa-plugins score: {error}", file=sys.stderr)
         return 2
-    return _run(args, plan, metrics)
+    return _run(args, plan, metrics, threads.workers)
 
 
-def _run(args: argparse.Namespace, plan: _Plan, metrics: list[LoadedMetric]) -> int:
+def _run(args: argparse.Namespace, plan: _Plan, metrics: list[LoadedMetric], workers: int) -> int:
     """Only now is the output opened: a fresh run replaces it, ``--resume`` appends to its good rows."""
     if plan.existing is not None and plan.existing.has_cut_row:
         plan.existing.drop_cut_row()
@@ -208,7 +267,7 @@ def _run(args: argparse.Namespace, plan: _Plan, metrics: list[LoadedMetric]) -> 
 
         for failure in plan.failures:
             record(failure)
-        for item in score_paths(plan.paths, metrics, batch_size=args.batch_size, num_workers=args.workers,
+        for item in score_paths(plan.paths, metrics, batch_size=args.batch_size, num_workers=workers,
                                 dtype=args.dtype, min_side=args.min_side, progress=not args.quiet):
             if isinstance(item, Failure):
                 record(item)

@@ -16,7 +16,7 @@ import glob
 import math
 import os
 import sys
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -60,16 +60,25 @@ def has_explanations(model: Any) -> bool:
     return callable(getattr(getattr(model, "net", None), "explain", None))
 
 
-def load_metric(name: str, options: dict[str, Any], device: str, *, explain: bool = False) -> LoadedMetric:
-    """Build ``name`` with ``options`` on ``device``; every failure becomes a :class:`MetricLoadError`."""
-    import pyiqa
+def load_metric(name: str, options: dict[str, Any], device: str, *, explain: bool = False,
+                create: Callable[..., Any] | None = None) -> LoadedMetric:
+    """Build ``name`` with ``options`` on ``device``; every failure becomes a :class:`MetricLoadError`.
+
+    ``create(name, device=..., **options)`` builds the model; by default
+    :func:`iqa_plugins.metric_factory.create_metric` (the plugin's metrics without importing pyiqa).
+    """
     import torch
 
+    from iqa_plugins.metric_factory import create_metric, is_plugin_metric
+
     try:
-        model = pyiqa.create_metric(name, device=torch.device(device), **options)
+        model = (create or create_metric)(name, device=torch.device(device), **options)
     except (AssertionError, KeyError) as error:
-        if name not in pyiqa.list_models():
-            raise MetricLoadError(f"unknown --metric {name!r} (see pyiqa -ls)") from None
+        if not is_plugin_metric(name):
+            import pyiqa
+
+            if name not in pyiqa.list_models():
+                raise MetricLoadError(f"unknown --metric {name!r} (see pyiqa -ls)") from None
         raise MetricLoadError(f"could not create --metric {name!r}: {error}") from None
     except TypeError as error:
         raise MetricLoadError(f"--metric {name!r} does not accept the --metric-opt given "
