@@ -1,4 +1,6 @@
 # One-command setup, tests, demo and benchmarks. `make test` and `make demo` create the venv first.
+# Commands run through the venv's console scripts or with -I, never `python -m`/`-c` from here: those put this
+# folder on sys.path, where kernels/ would shadow the `kernels` package that transformers imports.
 PYTHON ?= python3.11
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
@@ -17,7 +19,7 @@ $(STAMP): pyproject.toml setup.py $(wildcard kernels/attribute_scorer/csrc/*)
 	$(PY) -m pip install --quiet $(TORCH_PINS)
 	# --no-build-isolation: compile the C++ scorer against the pinned torch already in the venv
 	$(PY) -m pip install --quiet --no-build-isolation -e ".[dev]" $(TORCH_PINS)
-	$(PY) -c "import iqa_plugins.kernels as k; print('attribute scorer backend:', k.attribute_scores_backend())"
+	$(PY) -I -c "import iqa_plugins.kernels as k; print('attribute scorer backend:', k.attribute_scores_backend())"
 	touch $@
 
 # Rebuild the C++ extension in place after editing kernels/attribute_scorer/csrc.
@@ -38,13 +40,13 @@ browser:
 
 # IQA_PLUGINS_REQUIRE_EXT: a missing compiled scorer fails the tests instead of skipping them.
 test: setup browser
-	IQA_PLUGINS_REQUIRE_EXT=1 $(PY) -m pytest
+	IQA_PLUGINS_REQUIRE_EXT=1 $(VENV)/bin/pytest
 
 test-fast: setup
-	IQA_PLUGINS_REQUIRE_EXT=1 $(PY) -m pytest -m "not slow"
+	IQA_PLUGINS_REQUIRE_EXT=1 $(VENV)/bin/pytest -m "not slow"
 
 demo: setup
-	$(PY) -m iqa_plugins demo --out demo_out
+	$(VENV)/bin/iqa-plugins demo --out demo_out
 
 bench: setup
 	$(PY) benchmarks/run.py --mode $(BENCH_MODE)
@@ -64,7 +66,7 @@ gpu-bundle: setup
 	rm -rf $(GPU_BUNDLE)
 	$(PY) -m pip download --quiet --no-deps --only-binary=:all: --python-version 3.12 --implementation py \
 		--abi none --platform any -d $(GPU_BUNDLE) \
-		$$($(PY) -c "import importlib.metadata as m, sys; print(*(f'{d}=={m.version(d)}' for d in sys.argv[1:]))" $(GPU_BUNDLE_DISTS))
+		$$($(PY) -I -c "import importlib.metadata as m, sys; print(*(f'{d}=={m.version(d)}' for d in sys.argv[1:]))" $(GPU_BUNDLE_DISTS))
 	@size=$$(du -sm $(GPU_BUNDLE) | cut -f1); ls -1 $(GPU_BUNDLE); echo "$(GPU_BUNDLE): $${size} MiB"; \
 		test $$size -lt $(GPU_BUNDLE_MAX_MB) || { echo "bundle over $(GPU_BUNDLE_MAX_MB) MiB"; exit 1; }
 

@@ -7,7 +7,6 @@ import csv
 import json
 import pickle
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -247,13 +246,13 @@ def test_sampling():
     )
 
 
-def test_module_entry_point(pristine_dir, tmp_path):
+def test_module_entry_point(pristine_dir, tmp_path, python_cmd):
     res = subprocess.run(
-        [sys.executable, "-m", "iqa_plugins.data.generator", "--help"], capture_output=True, text=True, timeout=120
+        [*python_cmd, "-m", "iqa_plugins.data.generator", "--help"], capture_output=True, text=True, timeout=120
     )
     assert res.returncode == 0 and "--max-distortions" in res.stdout and "--label" in res.stdout
     res = subprocess.run(
-        [sys.executable, "-m", "iqa_plugins.data.generator", str(tmp_path / "nope"), str(tmp_path / "o")],
+        [*python_cmd, "-m", "iqa_plugins.data.generator", str(tmp_path / "nope"), str(tmp_path / "o")],
         capture_output=True,
         text=True,
         timeout=120,
