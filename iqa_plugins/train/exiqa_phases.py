@@ -20,7 +20,6 @@ from __future__ import annotations
 import csv
 import math
 import os
-import time
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any

@@ -30,6 +30,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from iqa_plugins.files import atomic_path
 from iqa_plugins.train.progress import TrainingProgress
 from iqa_plugins.train.registry import register_training
 
@@ -299,10 +300,8 @@ def install_to_cache(checkpoint: Path, arch_type: str) -> Path:
     from iqa_plugins.weights import cache_dir
 
     target = cache_dir() / default_weights_filename(arch_type)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(f".{target.name}.part")
-    shutil.copyfile(checkpoint, tmp)
-    tmp.replace(target)
+    with atomic_path(target) as tmp:
+        shutil.copyfile(checkpoint, tmp)
     return target
 
 

@@ -143,7 +143,7 @@ def test_deterministic_across_workers_and_resumable(pristine_dir, generated, tmp
 
     # interrupt simulation: one image lost, a stale temporary file left behind, one record half-written
     (out2 / "images" / "coffee_01.png").unlink()
-    (out2 / "images" / ".coffee_02.png.tmp12345").write_bytes(b"\x89PNG half")
+    (out2 / "images" / ".coffee_02.png.k2x9q1.part").write_bytes(b"\x89PNG half")
     (out2 / "records" / "astronaut_00.json").write_text('{"fingerprint": ')
     (out2 / "strengths.csv").unlink()
     report = run(pristine_dir, out2, workers=1)
