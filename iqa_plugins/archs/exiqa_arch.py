@@ -50,6 +50,7 @@ from torch import nn
 from iqa_plugins.archs.crops import crop_offsets, upscale_to_min_side
 from iqa_plugins.archs.input_check import check_image_batch
 from iqa_plugins.kernels import attribute_scores
+from iqa_plugins.kernels.attribute_scorer import group_softmax
 from iqa_plugins.weights import (
     WeightsNotFoundError,
     WeightsSpec,
@@ -635,13 +636,7 @@ class ExIQA(nn.Module):
 
     def attribute_weights(self) -> torch.Tensor:
         """(125,) convex weights w_ad: softmax of the logits within each distortion's attributes."""
-        logits = self.weight_logits
-        group_max = logits.new_full((self._num_distortions,), float("-inf")).scatter_reduce(
-            0, self.group_index, logits.detach(), reduce="amax"
-        )
-        expd = (logits - group_max[self.group_index]).exp()
-        total = logits.new_zeros(self._num_distortions).index_add(0, self.group_index, expd)
-        return expd / total[self.group_index]
+        return group_softmax(self.weight_logits, self.group_index, self._num_distortions)
 
     def score_scale(self) -> dict[str, Any]:
         """Scale of the scores (``iqa_plugins.explanations``): the regressor's sigmoid gives (0, 1), the training
