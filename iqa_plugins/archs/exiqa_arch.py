@@ -47,6 +47,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from iqa_plugins.archs.clip_towers import create_clip, encode_prompts
 from iqa_plugins.archs.crops import crop_offsets, upscale_to_min_side
 from iqa_plugins.archs.input_check import check_image_batch
 from iqa_plugins.kernels import attribute_scores
@@ -338,12 +339,11 @@ def _build_clip(config: Mapping[str, Any], clip_pretrained: str | None, clip_wei
     if name is None:
         if clip_pretrained is not None:
             raise ValueError(f"clip_pretrained={clip_pretrained!r} needs an open_clip model name, not a custom config")
-        return open_clip.model.CLIP(**copy.deepcopy(config["clip_model_cfg"]))
+        return create_clip(config["clip_model_cfg"])
     if clip_pretrained is None:
-        # open_clip only logs that the model is random; here that is on purpose.
-        return open_clip.create_model(name, pretrained=None)
+        return create_clip(name)
     try:
-        return open_clip.create_model(name, pretrained=clip_pretrained)
+        return create_clip(name, pretrained=clip_pretrained)
     except Exception as error:  # hub/network/cache errors come in many types; all mean "weights unavailable"
         raise WeightsNotFoundError(
             f"CLIP weights {name!r} / pretrained={clip_pretrained!r} could not be loaded through open_clip "
@@ -352,31 +352,6 @@ def _build_clip(config: Mapping[str, Any], clip_pretrained: str | None, clip_wei
             "ViT-B-32.pt, or open_clip_pytorch_model.bin of timm/vit_base_patch32_clip_224.openai), or put them "
             "in the Hugging Face cache (HF_HOME) on a machine with network access."
         ) from error
-
-
-def _encode_prompts(clip: nn.Module, token_ids: torch.Tensor) -> torch.Tensor:
-    """L2-normalised CLIP text features of tokenised prompts, computing only up to the longest prompt.
-
-    CLIP's text transformer is causal and pools the end-of-text token (the largest id), so positions after
-    the longest prompt's end token cannot change any result: cutting them makes encoding ~4x cheaper.
-    Other text towers fall back to the stock ``encode_text``.
-    """
-    stock = (
-        isinstance(clip, open_clip.model.CLIP)
-        and getattr(clip, "text_pool_type", None) == "argmax"
-        and getattr(clip, "attn_mask", None) is not None
-    )
-    if not stock:
-        return F.normalize(clip.encode_text(token_ids), dim=-1)
-    length = int(token_ids.argmax(dim=-1).max()) + 1
-    ids = token_ids[:, :length]
-    cast_dtype = clip.transformer.get_cast_dtype()
-    x = clip.token_embedding(ids).to(cast_dtype) + clip.positional_embedding[:length].to(cast_dtype)
-    x = clip.transformer(x, attn_mask=clip.attn_mask[:length, :length])
-    x = clip.ln_final(x)
-    x = x[torch.arange(x.shape[0], device=x.device), ids.argmax(dim=-1)]
-    x = clip.text_projection(x) if isinstance(clip.text_projection, nn.Linear) else x @ clip.text_projection
-    return F.normalize(x, dim=-1)
 
 
 def resize_center_crop(x: torch.Tensor, size: int) -> torch.Tensor:
@@ -561,7 +536,7 @@ class ExIQA(nn.Module):
             pos_prompts, neg_prompts = self.attribute_set.prompts()
             self._prompt_ids = open_clip.get_tokenizer(_TOKENIZER_MODEL)(pos_prompts + neg_prompts)
         ids = self._prompt_ids.to(self.text_pos.device)
-        feats = torch.cat([_encode_prompts(self.clip, part) for part in ids.split(chunk)])
+        feats = torch.cat([encode_prompts(self.clip, part) for part in ids.split(chunk)])
         feats = feats.to(self.text_pos.dtype)
         num_attr = self.attribute_set.num_attributes
         return feats[:num_attr], feats[num_attr:]
