@@ -29,7 +29,6 @@ and only row 0 of the FFN and of the weight generator.
 
 from __future__ import annotations
 
-import copy
 import math
 import os
 import warnings
@@ -41,6 +40,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from iqa_plugins.archs.configs import resolve_named_config
 from iqa_plugins.archs.crops import crop_offsets, upscale_to_min_side
 from iqa_plugins.archs.daclip import (
     CLIP_MEAN,
@@ -101,19 +101,7 @@ CONFIGS: dict[str, dict[str, Any]] = {
 
 def resolve_config(config: str | dict[str, Any]) -> dict[str, Any]:
     """A config name, or a dict of overrides on ``config["base"]`` (default "paper"), as a full config dict."""
-    if isinstance(config, str):
-        if config not in CONFIGS:
-            raise ValueError(f"config={config!r}: unknown; choose one of {sorted(CONFIGS)} or pass a dict")
-        return copy.deepcopy(CONFIGS[config])
-    if not isinstance(config, dict):
-        raise TypeError(f"config must be a name or a dict, got {type(config).__name__}")
-    overrides = dict(config)
-    resolved = resolve_config(overrides.pop("base", "paper"))
-    unknown = set(overrides) - set(resolved)
-    if unknown:
-        raise ValueError(f"config: unknown keys {sorted(unknown)}; allowed: {sorted(resolved)} and 'base'")
-    resolved.update(copy.deepcopy(overrides))
-    return resolved
+    return resolve_named_config(config, CONFIGS, "DR.Experts")
 
 
 class DSDM(nn.Module):

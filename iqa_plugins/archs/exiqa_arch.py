@@ -48,6 +48,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from iqa_plugins.archs.clip_towers import create_clip, encode_prompts
+from iqa_plugins.archs.configs import resolve_named_config
 from iqa_plugins.archs.crops import crop_offsets, upscale_to_min_side
 from iqa_plugins.archs.input_check import check_image_batch
 from iqa_plugins.kernels import attribute_scores
@@ -258,20 +259,7 @@ def load_attribute_set(path: str | os.PathLike = ATTRIBUTES_FILE) -> AttributeSe
 
 def resolve_config(config: str | Mapping[str, Any] | None = None) -> dict[str, Any]:
     """A full config dict from a name ("paper", "small") or a dict of overrides (key "base" names the start)."""
-    if config is None:
-        config = "paper"
-    if isinstance(config, str):
-        if config not in CONFIGS:
-            raise ValueError(f"config={config!r} is not an ExIQA config; choose one of {sorted(CONFIGS)} or a dict")
-        return copy.deepcopy(CONFIGS[config])
-    if not isinstance(config, Mapping):
-        raise ValueError(f"config must be a name or a dict, got {type(config).__name__}")
-    overrides = dict(config)
-    resolved = resolve_config(overrides.pop("base", "paper"))
-    unknown = set(overrides) - set(resolved)
-    if unknown:
-        raise ValueError(f"config has unknown keys {sorted(unknown)}; known: {sorted(resolved)} and 'base'")
-    resolved.update(copy.deepcopy(overrides))
+    resolved = resolve_named_config(config, CONFIGS, "ExIQA")
     if resolved["input"] not in INPUT_PROTOCOLS:
         raise ValueError(f"config input={resolved['input']!r}: choose one of {INPUT_PROTOCOLS}")
     if not isinstance(resolved["num_crops"], int) or resolved["num_crops"] < 1:
