@@ -32,7 +32,8 @@ from __future__ import annotations
 import math
 import os
 import warnings
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import timm
@@ -53,15 +54,16 @@ from iqa_plugins.archs.daclip import (
     tokenize_prompts,
 )
 from iqa_plugins.archs.drexperts_convert import (
+    COMPACT_FORMAT,
     CheckpointKeyError,
     Converted,
     read_checkpoint,
 )
 from iqa_plugins.archs.input_check import check_image_batch
 from iqa_plugins.kernels import diff_attention
-from iqa_plugins.weights import WeightsSpec, resolve_weights
+from iqa_plugins.weights import WeightsSpec, resolve_weights, save_checkpoint
 
-__all__ = ["CONFIGS", "DEFAULT_WEIGHTS", "DRExperts", "resolve_config"]
+__all__ = ["CONFIGS", "DEFAULT_WEIGHTS", "DRExperts", "resolve_config", "save_pretrained"]
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -550,3 +552,21 @@ def _load_exact(module: nn.Module, state: dict[str, Tensor], what: str) -> None:
     if missing or unexpected or wrong:
         raise CheckpointKeyError(_key_report(what, missing, unexpected, wrong, own, state))
     module.load_state_dict(state)
+
+
+def save_pretrained(
+    model: DRExperts, path: str | os.PathLike, source: str = "", protocol: Mapping[str, Any] | None = None
+) -> Path:
+    """Write ``model`` in the compact format ``iqa_plugins.drexperts/1`` (atomically): inference weights (no CLIP
+    towers), config, and the test-time protocol: ``protocol`` if given, else the model's own."""
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items() if not k.startswith("text_encoder.")}
+    return save_checkpoint(
+        {
+            "format": COMPACT_FORMAT,
+            "config": dict(model.arch_config),
+            "protocol": dict(model.protocol if protocol is None else protocol),
+            "state_dict": state,
+            "source": source,
+        },
+        path,
+    )

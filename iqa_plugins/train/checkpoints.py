@@ -14,7 +14,7 @@ from typing import Any
 
 # arch type -> (module with DEFAULT_WEIGHTS, module with save_pretrained)
 _ARCH_MODULES = {
-    "DRExperts": ("iqa_plugins.archs.drexperts_arch", "iqa_plugins.archs.drexperts_convert"),
+    "DRExperts": ("iqa_plugins.archs.drexperts_arch", "iqa_plugins.archs.drexperts_arch"),
     "ExIQA": ("iqa_plugins.archs.exiqa_arch", "iqa_plugins.archs.exiqa_arch"),
 }
 
@@ -41,16 +41,16 @@ def save_compact(opt: dict[str, Any], net, path: Path) -> Path | None:
     """Write ``net`` in its arch's compact format; None for archs that have none."""
     arch_type = opt["network"]["type"]
     if arch_type == "DRExperts":
-        from iqa_plugins.archs.drexperts_convert import save_pretrained
+        from iqa_plugins.archs.drexperts_arch import save_pretrained
 
         train_set = opt["datasets"]["train"]
         # The protocol travels with the weights: the metric then resizes and crops as validation did.
-        net.protocol = {
+        protocol = {
             "resize": _val_resize(opt), "num_crops": int(net.num_crops),
             "mos_range": None if train_set.get("mos_normalize") else train_set.get("mos_range"),
             "lower_better": False, "dataset": train_set.get("name"),
         }
-        return save_pretrained(net, path, source=f"iqa-plugins train ({opt['name']})")
+        return save_pretrained(net, path, source=f"iqa-plugins train ({opt['name']})", protocol=protocol)
     if arch_type == "ExIQA":
         from iqa_plugins.archs.exiqa_arch import save_pretrained
 

@@ -11,7 +11,7 @@ pytestmark = pytest.mark.slow
 # metric name -> (arch module, compact-checkpoint writer, default file name in pyiqa's cache)
 MODELS = {
     "exiqa": ("iqa_plugins.archs.exiqa_arch", "save_pretrained", "ExIQA_kadid10k.pth"),
-    "drexperts": ("iqa_plugins.archs.drexperts_convert", "save_pretrained", "DRExperts_koniq10k.pth"),
+    "drexperts": ("iqa_plugins.archs.drexperts_arch", "save_pretrained", "DRExperts_koniq10k.pth"),
 }
 ARCHS = {"exiqa": ("iqa_plugins.archs.exiqa_arch", "ExIQA"), "drexperts": ("iqa_plugins.archs.drexperts_arch", "DRExperts")}
 
