@@ -2,13 +2,10 @@
 
 Pipeline, for an RGB image in [0, 1]:
 
-1. Resize the short side to ``image_size`` (bicubic, antialiased) and take the central square, then CLIP's
-   normalisation. This is CLIP's own test-time crop: the attribute prompts are matched against features learnt
-   on such crops, and keeping the aspect ratio does not stretch block-shaped distortions (JPEG blocks,
-   pixelation, colour blocks). What lies outside the central square is not seen. A config may instead ask for
-   ``input="crops"``: ``num_crops`` crops of ``image_size`` at the image's own resolution (seeded positions,
-   centre crop for one), whose attribute probabilities are averaged; the project's small demo model uses it,
-   because at a 32-pixel input a resized photo no longer shows pixel-level distortions.
+1. Resize the short side to ``image_size`` (bicubic, antialiased) and take the central square (CLIP's own
+   test-time crop), then CLIP's normalisation; or, with ``input="crops"``, ``num_crops`` crops of ``image_size``
+   at the image's own resolution (seeded positions, centre crop for one), whose attribute probabilities are
+   averaged. Why each: ``docs/design.md``.
 2. CLIP image tower (open_clip) with ``num_prompts`` learnable visual prompt tokens inserted after the class
    token (shallow visual prompt tuning: only the transformer input carries them). With 0 tokens the tower is
    exactly open_clip's ``encode_image``.
@@ -18,13 +15,7 @@ Pipeline, for an RGB image in [0, 1]:
    loaded, fixed; e and t are L2-normalised CLIP embeddings; the 125 text features are encoded once and cached as
    buffers (never per batch).
 4. Regressor on all 125 attribute probabilities: Linear-SELU-Dropout(0.2) twice (128 wide), Linear, then a
-   sigmoid: the score lies in (0, 1), higher is better. A sigmoid rather than a clamp keeps a gradient
-   everywhere (for training on normalised MOS and for ``as_loss=True``). Plain (inverted) dropout, as the
-   paper says, rather than AlphaDropout: AlphaDropout's affine correction keeps the training-time statistics
-   equal to evaluation's only for zero-mean, unit-variance activations, which trained hidden layers are not.
-   Measured on 8 images (targets a function of the attributes): after phase 2 the evaluation-mode MSE was
-   0.6-2.4 times the targets' variance with AlphaDropout (ranking right, scale wrong) and 0.004-0.03 times
-   with Dropout. Neither has parameters, so checkpoints are the same either way.
+   sigmoid: the score lies in (0, 1), higher is better (the sigmoid and the plain Dropout: ``docs/design.md``).
 
 Weights: ``pretrained=True`` loads ``ExIQA_kadid10k.pth`` (none published: train it), ``pretrained_model_path``
 loads the project's compact checkpoint (``save_pretrained``) or pyiqa's ``{"params": state_dict}``.

@@ -1,6 +1,6 @@
 """DR.Experts: official checkpoint layouts, conversion, literal vs fast path, explanations.
 
-The official key layout is generated here from the layout rules (notes/drexperts.md and the authors'
+The official key layout is generated here from the layout rules (the authors'
 models/deit.py, models/din.py, DA-CLIP's daclip_model.py), independently of the converter under test, and
 a functional re-implementation of the authors' forward (DeiT-repo names, LND CLIP layout) that reads the
 official state dict directly serves as the oracle for "a random official checkpoint reproduces the model".
