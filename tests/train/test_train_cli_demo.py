@@ -18,21 +18,6 @@ from iqa_plugins.train import cli as train_cli
 from iqa_plugins.train import demo
 
 
-def _small_drexperts_options(images: Path, meta: Path) -> dict:
-    from iqa_plugins.train.demo import drexperts_options
-
-    opt = drexperts_options(images.parent, train_images=12, steps=3, batch=4)
-    for dataset in opt["datasets"].values():
-        dataset.update(dataroot_target=str(images), meta_info_file=str(meta))
-    opt["datasets"]["train"]["augment"]["random_crop"] = 32  # the tiny set's images are 32 px
-    opt["datasets"]["train"]["dataset_enlarge_ratio"] = 1
-    opt["network"]["config"]["img_size"] = 32
-    opt["network"]["num_crops"] = 2
-    opt["datasets"]["val"] = {**opt["datasets"]["train"], "augment": {}, "batch_size_per_gpu": 1}
-    opt["val"] = {"val_freq": 9e9, "metrics": {"srcc": {"type": "calculate_srcc"}}}
-    return opt
-
-
 @pytest.mark.slow
 def test_train_command_drexperts_small_installs_loadable_weights(tiny_set, tmp_path, python_cmd):
     images, meta = tiny_set

@@ -83,7 +83,7 @@ def small_drexperts_options(images: Path, meta: Path) -> dict:
     """The real small DR.Experts with the demo's recipe on the tiny set (32 px crops), validation on."""
     from iqa_plugins.train.demo import drexperts_options
 
-    opt = drexperts_options(images.parent, images.parent, epochs=1, batch=4)
+    opt = drexperts_options(images.parent, train_images=12, steps=3, batch=4)
     for dataset in opt["datasets"].values():
         dataset.update(dataroot_target=str(images), meta_info_file=str(meta))
     opt["datasets"]["train"]["augment"]["random_crop"] = 32  # the tiny set's images are 32 px
