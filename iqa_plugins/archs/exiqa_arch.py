@@ -333,6 +333,38 @@ def _build_clip(config: Mapping[str, Any], clip_pretrained: str | None, clip_wei
         ) from error
 
 
+def _choose_clip(
+    cfg: Mapping[str, Any],
+    compact: Mapping[str, Any] | None,
+    params_checkpoint: bool,
+    source: str | None,
+    clip_pretrained: str | None,
+    clip_weights_path: str | None,
+) -> tuple[nn.Module, str | None, bool]:
+    """ExIQA's CLIP, from the first of these sources that applies: (1) pyiqa's ``{"params"}`` checkpoint
+    (``params_checkpoint``) holds the whole CLIP, so a random one is built for it to overwrite; (2) weights given
+    explicitly (``clip_weights_path`` and/or ``clip_pretrained``; with both, the file is used and the tag
+    records what it holds); (3) a compact checkpoint's own CLIP state dict; (4) the open_clip pretrained tag a
+    compact checkpoint names; (5) without any of these, a random CLIP on purpose.
+
+    Returns the CLIP, its pretrained tag (None if none) and whether it is exactly the pretrained weights.
+    """
+    if params_checkpoint:
+        return _build_clip(cfg, None, None), None, False
+    explicit = clip_weights_path is not None or clip_pretrained is not None
+    if compact is not None and not explicit:
+        clip_tag = compact["clip"].get("pretrained")
+        if "clip_state_dict" in compact:
+            clip = _build_clip(cfg, None, None)
+            clip.load_state_dict(compact["clip_state_dict"], strict=True)
+            return clip, clip_tag, False
+        if clip_tag is None:
+            raise ValueError(f"checkpoint {source!r} has neither CLIP weights nor an open_clip pretrained tag")
+        return _build_clip(cfg, clip_tag, None), clip_tag, True
+    clip = _build_clip(cfg, None if clip_weights_path else clip_pretrained, clip_weights_path)
+    return clip, clip_pretrained, clip_pretrained is not None
+
+
 def resize_center_crop(x: torch.Tensor, size: int) -> torch.Tensor:
     """(N, C, H, W) -> (N, C, size, size): short side to ``size`` (bicubic, antialiased), then the central square.
 
@@ -383,7 +415,7 @@ class ExIQA(nn.Module):
         top_k: int = 3,
     ) -> None:
         super().__init__()
-        checkpoint = None
+        checkpoint, source = None, None
         if pretrained_model_path is not None or pretrained:
             checkpoint = load_checkpoint(resolve_weights(DEFAULT_WEIGHTS, pretrained_model_path))
             source = str(pretrained_model_path or DEFAULT_WEIGHTS.filename)
@@ -413,25 +445,10 @@ class ExIQA(nn.Module):
         self.top_k = int(top_k)
         self.metadata: dict[str, Any] = dict(checkpoint.get("metadata") or {}) if compact else {}
 
-        # CLIP: explicit weights win; else a compact checkpoint's own copy or the pretrained weights it names;
-        # pyiqa's {"params"} holds the whole CLIP, so a random one is built and overwritten.
-        explicit = clip_weights_path is not None or clip_pretrained is not None
-        if compact and not explicit and "clip_state_dict" in checkpoint:
-            self.clip = _build_clip(cfg, None, None)
-            self.clip.load_state_dict(checkpoint["clip_state_dict"], strict=True)
-            clip_tag, pristine = checkpoint["clip"].get("pretrained"), False
-        elif compact and not explicit:
-            clip_tag = checkpoint["clip"].get("pretrained")
-            if clip_tag is None:
-                raise ValueError(f"checkpoint {source!r} has neither CLIP weights nor an open_clip pretrained tag")
-            self.clip, pristine = _build_clip(cfg, clip_tag, None), True
-        elif checkpoint is not None and not compact:
-            self.clip, clip_tag, pristine = _build_clip(cfg, None, None), None, False
-        else:
-            # With both, the file is used and the tag records what it holds (so checkpoints may name it).
-            clip_tag = clip_pretrained
-            self.clip = _build_clip(cfg, None if clip_weights_path else clip_tag, clip_weights_path)
-            pristine = clip_tag is not None
+        self.clip, clip_tag, pristine = _choose_clip(
+            cfg, checkpoint if compact else None, checkpoint is not None and not compact, source,
+            clip_pretrained, clip_weights_path,
+        )
         self.clip_source = {
             "model": cfg["clip_model"],
             "pretrained": clip_tag,
