@@ -1,4 +1,6 @@
 # One-command setup, tests, demo and benchmarks. `make test` and `make demo` create the venv first.
+# Commands run through the venv's console scripts or with -I, never `python -m`/`-c` from here: those put this
+# folder on sys.path, where kernels/ would shadow the `kernels` package that transformers imports.
 PYTHON ?= python3.11
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
@@ -19,7 +21,7 @@ $(STAMP): pyproject.toml setup.py $(wildcard kernels/attribute_scorer/csrc/*)
 	# --no-build-isolation: compile the C++ scorer against the pinned torch already in the venv.
 	# The ray extra (Ray Data, ~35 s to install) lets the suite test `score --engine ray`; its tests skip without it.
 	$(PY) -m pip install --quiet --no-build-isolation -e ".[dev,ray]" $(TORCH_PINS)
-	$(PY) -c "import iqa_plugins.kernels as k; print('attribute scorer backend:', k.attribute_scores_backend())"
+	$(PY) -I -c "import iqa_plugins.kernels as k; print('attribute scorer backend:', k.attribute_scores_backend())"
 	touch $@
 
 # Rebuild the C++ extension in place after editing kernels/attribute_scorer/csrc.
@@ -40,18 +42,18 @@ browser:
 
 # IQA_PLUGINS_REQUIRE_EXT: a missing compiled scorer fails the tests instead of skipping them.
 test: setup browser
-	IQA_PLUGINS_REQUIRE_EXT=1 $(PY) -m pytest
+	IQA_PLUGINS_REQUIRE_EXT=1 $(VENV)/bin/pytest
 
 test-fast: setup
-	IQA_PLUGINS_REQUIRE_EXT=1 $(PY) -m pytest -m "not slow"
+	IQA_PLUGINS_REQUIRE_EXT=1 $(VENV)/bin/pytest -m "not slow"
 
 # The Triton kernels compiled for sm_80 and sm_90 without a GPU: shared memory, registers, spills, 64-bit
 # addressing of every config the autotuner can pick (table printed; JSON per target in COMPILE_CHECK_OUT).
 compile-check: setup
-	$(PY) -m iqa_plugins.kernels.diff_attention.compile_check --json-dir $(COMPILE_CHECK_OUT)
+	$(PY) -I -m iqa_plugins.kernels.diff_attention.compile_check --json-dir $(COMPILE_CHECK_OUT)
 
 demo: setup
-	$(PY) -m iqa_plugins demo --out demo_out
+	$(VENV)/bin/iqa-plugins demo --out demo_out
 
 bench: setup
 	$(PY) benchmarks/run.py --mode $(BENCH_MODE)
@@ -71,7 +73,7 @@ gpu-bundle: setup
 	rm -rf $(GPU_BUNDLE)
 	$(PY) -m pip download --quiet --no-deps --only-binary=:all: --python-version 3.12 --implementation py \
 		--abi none --platform any -d $(GPU_BUNDLE) \
-		$$($(PY) -c "import importlib.metadata as m, sys; print(*(f'{d}=={m.version(d)}' for d in sys.argv[1:]))" $(GPU_BUNDLE_DISTS))
+		$$($(PY) -I -c "import importlib.metadata as m, sys; print(*(f'{d}=={m.version(d)}' for d in sys.argv[1:]))" $(GPU_BUNDLE_DISTS))
 	@size=$$(du -sm $(GPU_BUNDLE) | cut -f1); ls -1 $(GPU_BUNDLE); echo "$(GPU_BUNDLE): $${size} MiB"; \
 		test $$size -lt $(GPU_BUNDLE_MAX_MB) || { echo "bundle over $(GPU_BUNDLE_MAX_MB) MiB"; exit 1; }
 

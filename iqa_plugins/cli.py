@@ -20,7 +20,7 @@ import sys
 COMMANDS: dict[str, tuple[str, str]] = {
     "score": ("iqa_plugins.score_command", "score images with any pyiqa no-reference metric (batched)"),
     "generate": ("iqa_plugins.data.generator", "generate a KADID-style multi-distortion data set"),
-    "convert": ("iqa_plugins.archs.drexperts_convert", "convert official DR.Experts/DA-CLIP checkpoints"),
+    "convert": ("iqa_plugins.convert_command", "convert official DR.Experts/DA-CLIP checkpoints"),
     "train": ("iqa_plugins.train.cli", "train DR.Experts or ExIQA (pyiqa's training framework)"),
     "demo": ("iqa_plugins.train.demo", "offline end-to-end demo: generate, label, train, score"),
     "explain": ("iqa_plugins.explain_figure", "one PNG per image: score, expert attention, distortion bars"),

@@ -85,8 +85,3 @@ def register() -> None:
         # Mutate in place: pyiqa's modules hold references to this very dict.
         DEFAULT_CONFIGS[name] = {**entry, "metric_opts": dict(entry["metric_opts"])}
 
-
-def is_registered() -> bool:
-    from pyiqa.default_model_configs import DEFAULT_CONFIGS
-
-    return all(name in DEFAULT_CONFIGS for name in METRICS)

@@ -21,11 +21,12 @@ import io
 import json
 import math
 import os
-import tempfile
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
+
+from iqa_plugins.files import write_text_atomic
 
 FORMAT = "iqa-plugins-scores"
 VERSION = 1
@@ -101,16 +102,6 @@ def make_metadata(metrics: Iterable[MetricSpec], columns: list[str]) -> dict[str
     return {"format": FORMAT, "version": VERSION, "metrics": [m.to_json() for m in metrics], "columns": columns}
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-        os.replace(tmp, path)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
-
-
 def _finite_number(value: Any) -> bool:
     if isinstance(value, bool):
         return False
@@ -141,7 +132,7 @@ class ScoreWriter:
             self.stream.write(json.dumps({META_KEY: meta}) + "\n")
         else:
             if self.output is not None:
-                _write_atomic(sidecar_path(self.output), json.dumps(meta, indent=1) + "\n")
+                write_text_atomic(sidecar_path(self.output), json.dumps(meta, indent=1) + "\n")
             self.stream.write(_csv_line(self.columns))
 
     def write(self, row: dict[str, Any]) -> None:

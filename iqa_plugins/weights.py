@@ -16,11 +16,12 @@ from __future__ import annotations
 
 import hashlib
 import os
-import tempfile
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from iqa_plugins.files import atomic_path
 
 __all__ = [
     "WeightsSpec",
@@ -71,20 +72,10 @@ def sha256sum(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
     return digest.hexdigest()
 
 
-def _normal_permissions(path: Path) -> None:
-    """Give a temporary file (mkstemp makes them 0600) the mode a plain ``open`` would: 0666 less the umask."""
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(path, 0o666 & ~umask)
-
-
 def _download(url: str, target: Path, sha256: str) -> None:
     """Download to a temporary file beside ``target``, verify, then rename atomically."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".part", dir=target.parent)
-    tmp = Path(tmp_name)
-    try:
-        with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=60) as response:
+    with atomic_path(target) as tmp:
+        with open(tmp, "wb") as out, urllib.request.urlopen(url, timeout=60) as response:
             while block := response.read(1 << 20):
                 out.write(block)
         got = sha256sum(tmp)
@@ -93,10 +84,6 @@ def _download(url: str, target: Path, sha256: str) -> None:
                 f"Checksum mismatch for {url}: expected sha256 {sha256}, got {got}; "
                 f"the file was discarded and {target} left untouched."
             )
-        _normal_permissions(tmp)
-        os.replace(tmp, target)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def resolve_weights(
@@ -174,15 +161,6 @@ def save_checkpoint(obj: Any, path: str | os.PathLike) -> Path:
     """Save atomically: a crash mid-write never leaves a truncated checkpoint under ``path``."""
     import torch
 
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".part", dir=target.parent)
-    os.close(fd)
-    tmp = Path(tmp_name)
-    try:
+    with atomic_path(path) as tmp:
         torch.save(obj, tmp)
-        _normal_permissions(tmp)
-        os.replace(tmp, target)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return target
+    return Path(path)

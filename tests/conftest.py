@@ -11,6 +11,14 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 VENV_BIN = Path(sys.executable).parent
+# `python -m X` and `python -c` put the working directory first on sys.path; from the repository root that
+# exposes the top-level kernels/ folder as a package named `kernels`, the name of the Hugging Face package that
+# transformers imports (the compiled scorer then loads twice). -P (Python 3.11+) leaves the directory out; -I
+# does too on older interpreters.
+PYTHON = [sys.executable, "-P" if sys.version_info >= (3, 11) else "-I"]
+
+# `python -m pytest` from the repository root put it on this process's path before pytest started.
+sys.path[:] = [entry for entry in sys.path if Path(entry or ".").resolve() != REPO]
 
 
 def run_fresh(args: list[str], env: dict | None = None, timeout: float = 300, cwd=None) -> subprocess.CompletedProcess:
@@ -25,8 +33,9 @@ def fresh():
 
 
 @pytest.fixture
-def python_exe() -> str:
-    return sys.executable
+def python_cmd() -> list[str]:
+    """This interpreter, without the working directory on sys.path."""
+    return list(PYTHON)
 
 
 @pytest.fixture

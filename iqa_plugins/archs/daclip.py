@@ -14,13 +14,13 @@ per-token values are the same, only the layout of the collected hidden states di
 
 from __future__ import annotations
 
-import logging
 from typing import Any
 
 import open_clip
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
+
+from iqa_plugins.archs.clip_towers import create_clip, encode_prompts
 
 __all__ = [
     "CLIP_MEAN",
@@ -49,18 +49,7 @@ def build_clip(clip_config: str | dict[str, Any], device: str | torch.device = "
 
     ``device="meta"`` builds it without allocating weights (to inspect names and shapes).
     """
-    if isinstance(clip_config, str):
-        # open_clip logs a warning for every model built without pretrained weights: here that is the intent.
-        logger = logging.getLogger()
-        level = logger.level
-        logger.setLevel(logging.ERROR)
-        try:
-            model = open_clip.create_model(clip_config, pretrained=None, device=device)
-        finally:
-            logger.setLevel(level)
-    else:
-        with torch.device(device):
-            model = open_clip.CLIP(**clip_config)
+    model = create_clip(clip_config, pretrained=None, device=device)
     if not isinstance(model, open_clip.CLIP):
         raise TypeError(f"clip config {clip_config!r} builds a {type(model).__name__}, not a plain open_clip CLIP")
     return model
@@ -143,6 +132,3 @@ def text_tower(clip: open_clip.CLIP) -> open_clip.CLIP:
     return clip
 
 
-def encode_prompts(text_encoder: open_clip.CLIP, tokens: Tensor) -> Tensor:
-    """L2-normalised text features of the prompts, (len(tokens), embed)."""
-    return F.normalize(text_encoder.encode_text(tokens), dim=-1)

@@ -29,11 +29,11 @@ and only row 0 of the FFN and of the weight generator.
 
 from __future__ import annotations
 
-import copy
 import math
 import os
 import warnings
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import timm
@@ -41,6 +41,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from iqa_plugins.archs.configs import resolve_named_config
 from iqa_plugins.archs.crops import crop_offsets, upscale_to_min_side
 from iqa_plugins.archs.daclip import (
     CLIP_MEAN,
@@ -53,15 +54,16 @@ from iqa_plugins.archs.daclip import (
     tokenize_prompts,
 )
 from iqa_plugins.archs.drexperts_convert import (
+    COMPACT_FORMAT,
     CheckpointKeyError,
     Converted,
     read_checkpoint,
 )
 from iqa_plugins.archs.input_check import check_image_batch
 from iqa_plugins.kernels import diff_attention
-from iqa_plugins.weights import WeightsSpec, resolve_weights
+from iqa_plugins.weights import WeightsSpec, resolve_weights, save_checkpoint
 
-__all__ = ["CONFIGS", "DEFAULT_WEIGHTS", "DRExperts", "resolve_config"]
+__all__ = ["CONFIGS", "DEFAULT_WEIGHTS", "DRExperts", "resolve_config", "save_pretrained"]
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -101,19 +103,7 @@ CONFIGS: dict[str, dict[str, Any]] = {
 
 def resolve_config(config: str | dict[str, Any]) -> dict[str, Any]:
     """A config name, or a dict of overrides on ``config["base"]`` (default "paper"), as a full config dict."""
-    if isinstance(config, str):
-        if config not in CONFIGS:
-            raise ValueError(f"config={config!r}: unknown; choose one of {sorted(CONFIGS)} or pass a dict")
-        return copy.deepcopy(CONFIGS[config])
-    if not isinstance(config, dict):
-        raise TypeError(f"config must be a name or a dict, got {type(config).__name__}")
-    overrides = dict(config)
-    resolved = resolve_config(overrides.pop("base", "paper"))
-    unknown = set(overrides) - set(resolved)
-    if unknown:
-        raise ValueError(f"config: unknown keys {sorted(unknown)}; allowed: {sorted(resolved)} and 'base'")
-    resolved.update(copy.deepcopy(overrides))
-    return resolved
+    return resolve_named_config(config, CONFIGS, "DR.Experts")
 
 
 class DSDM(nn.Module):
@@ -563,3 +553,21 @@ def _load_exact(module: nn.Module, state: dict[str, Tensor], what: str) -> None:
     if missing or unexpected or wrong:
         raise CheckpointKeyError(_key_report(what, missing, unexpected, wrong, own, state))
     module.load_state_dict(state)
+
+
+def save_pretrained(
+    model: DRExperts, path: str | os.PathLike, source: str = "", protocol: Mapping[str, Any] | None = None
+) -> Path:
+    """Write ``model`` in the compact format ``iqa_plugins.drexperts/1`` (atomically): inference weights (no CLIP
+    towers), config, and the test-time protocol: ``protocol`` if given, else the model's own."""
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items() if not k.startswith("text_encoder.")}
+    return save_checkpoint(
+        {
+            "format": COMPACT_FORMAT,
+            "config": dict(model.arch_config),
+            "protocol": dict(model.protocol if protocol is None else protocol),
+            "state_dict": state,
+            "source": source,
+        },
+        path,
+    )

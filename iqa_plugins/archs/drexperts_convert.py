@@ -14,7 +14,7 @@ Layouts read (every key is accounted for: converted, documented-unused, or an er
   prefixed, or bare) with the 631 keys of ``head.*`` above without the prefix. It provides the controller and the
   text tower only; combine it with a checkpoint holding the rest.
 - pyiqa training output ``{"params": state_dict_of_the_arch}``.
-- the compact format written by :func:`save_pretrained`::
+- the compact format written by :func:`iqa_plugins.archs.drexperts_arch.save_pretrained`::
 
       {"format": "iqa_plugins.drexperts/1",
        "config": {...arch config: backbone, img_size, clip, ddwm_dims...},
@@ -22,13 +22,10 @@ Layouts read (every key is accounted for: converted, documented-unused, or an er
                     "lower_better": False, "dataset": str | None},
        "state_dict": {...},   # no CLIP visual tower, no text tower; "text_features" (10, 512) precomputed
        "source": "what it was converted from"}
-
-The module is also the ``iqa-plugins convert`` sub-command (``add_arguments`` / ``main``).
 """
 
 from __future__ import annotations
 
-import argparse
 import collections
 import re
 from collections.abc import Mapping
@@ -39,19 +36,16 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from iqa_plugins.weights import load_checkpoint, save_checkpoint
+from iqa_plugins.weights import load_checkpoint
 
 __all__ = [
     "COMPACT_FORMAT",
     "DATASET_PROTOCOLS",
     "CheckpointKeyError",
     "Converted",
-    "add_arguments",
     "convert_daclip",
     "convert_official",
-    "main",
     "read_checkpoint",
-    "save_pretrained",
 ]
 
 COMPACT_FORMAT = "iqa_plugins.drexperts/1"
@@ -244,64 +238,3 @@ def read_checkpoint(path: str | Path) -> Converted:
         return _split_params(state, "params")
     except CheckpointKeyError as error:
         raise CheckpointKeyError(f"{name}: {error}") from None
-
-
-def save_pretrained(model: torch.nn.Module, path: str | Path, source: str = "") -> Path:
-    """Write ``model`` (a DRExperts) in the compact format: inference weights, config and test protocol."""
-    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items() if not k.startswith("text_encoder.")}
-    return save_checkpoint(
-        {
-            "format": COMPACT_FORMAT,
-            "config": dict(model.arch_config),
-            "protocol": dict(model.protocol),
-            "state_dict": state,
-            "source": source,
-        },
-        path,
-    )
-
-
-# ----------------------------------------------------------------------------------------------------------
-# `iqa-plugins convert`
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.description = (
-        "Convert an official DR.Experts checkpoint (ckpt_epoch_N.pth or its state dict; optionally plus a separate "
-        "daclip_ViT-B-32.pt) into the compact checkpoint the 'drexperts' metric loads."
-    )
-    parser.add_argument("checkpoint", help="official DR.Experts checkpoint (ckpt_epoch_N.pth or a bare state dict)")
-    parser.add_argument("--daclip", default=None, help="separate DA-CLIP checkpoint (daclip_ViT-B-32.pt), if the "
-                        "DR.Experts checkpoint lacks the head.* weights")
-    parser.add_argument("-o", "--output", required=True, help="compact checkpoint to write (e.g. DRExperts_koniq10k.pth)")
-    parser.add_argument("--dataset", choices=sorted(DATASET_PROTOCOLS), default="koniq10k",
-                        help="training dataset: sets the test-time resize, crop count and MOS range (default koniq10k)")
-    parser.add_argument("--resize", type=int, nargs=2, metavar=("H", "W"), default=None, help="override the resize")
-    parser.add_argument("--no-resize", action="store_true", help="no resize before cropping")
-    parser.add_argument("--num-crops", type=int, default=None, help="override the number of test crops")
-    parser.add_argument("--mos-range", type=float, nargs=2, metavar=("LO", "HI"), default=None)
-    parser.add_argument("--config", default="paper", help="architecture size config (default paper)")
-
-
-def main(args: argparse.Namespace) -> int:
-    from iqa_plugins.archs.drexperts_arch import DRExperts
-
-    protocol = dict(DATASET_PROTOCOLS[args.dataset], dataset=args.dataset, lower_better=False)
-    if args.resize is not None:
-        protocol["resize"] = list(args.resize)
-    if args.no_resize:
-        protocol["resize"] = None
-    if args.num_crops is not None:
-        if args.num_crops < 1:
-            raise SystemExit("--num-crops must be >= 1")
-        protocol["num_crops"] = args.num_crops
-    if args.mos_range is not None:
-        protocol["mos_range"] = list(args.mos_range)
-    paths = [args.checkpoint] + ([args.daclip] if args.daclip else [])
-    model = DRExperts(pretrained=True, pretrained_model_path=paths, config=args.config)
-    model.protocol = protocol
-    source = " + ".join(Path(p).name for p in paths)
-    out = save_pretrained(model, args.output, source=source)
-    print(f"wrote {out} ({sum(v.numel() for v in model.state_dict().values() if v is not None):,} values; "
-          f"protocol {protocol})")
-    return 0

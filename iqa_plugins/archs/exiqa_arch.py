@@ -2,13 +2,10 @@
 
 Pipeline, for an RGB image in [0, 1]:
 
-1. Resize the short side to ``image_size`` (bicubic, antialiased) and take the central square, then CLIP's
-   normalisation. This is CLIP's own test-time crop: the attribute prompts are matched against features learnt
-   on such crops, and keeping the aspect ratio does not stretch block-shaped distortions (JPEG blocks,
-   pixelation, colour blocks). What lies outside the central square is not seen. A config may instead ask for
-   ``input="crops"``: ``num_crops`` crops of ``image_size`` at the image's own resolution (seeded positions,
-   centre crop for one), whose attribute probabilities are averaged; the project's small demo model uses it,
-   because at a 32-pixel input a resized photo no longer shows pixel-level distortions.
+1. Resize the short side to ``image_size`` (bicubic, antialiased) and take the central square (CLIP's own
+   test-time crop), then CLIP's normalisation; or, with ``input="crops"``, ``num_crops`` crops of ``image_size``
+   at the image's own resolution (seeded positions, centre crop for one), whose attribute probabilities are
+   averaged. Why each: ``docs/design.md``.
 2. CLIP image tower (open_clip) with ``num_prompts`` learnable visual prompt tokens inserted after the class
    token (shallow visual prompt tuning: only the transformer input carries them). With 0 tokens the tower is
    exactly open_clip's ``encode_image``.
@@ -18,13 +15,7 @@ Pipeline, for an RGB image in [0, 1]:
    loaded, fixed; e and t are L2-normalised CLIP embeddings; the 125 text features are encoded once and cached as
    buffers (never per batch).
 4. Regressor on all 125 attribute probabilities: Linear-SELU-Dropout(0.2) twice (128 wide), Linear, then a
-   sigmoid: the score lies in (0, 1), higher is better. A sigmoid rather than a clamp keeps a gradient
-   everywhere (for training on normalised MOS and for ``as_loss=True``). Plain (inverted) dropout, as the
-   paper says, rather than AlphaDropout: AlphaDropout's affine correction keeps the training-time statistics
-   equal to evaluation's only for zero-mean, unit-variance activations, which trained hidden layers are not.
-   Measured on 8 images (targets a function of the attributes): after phase 2 the evaluation-mode MSE was
-   0.6-2.4 times the targets' variance with AlphaDropout (ranking right, scale wrong) and 0.004-0.03 times
-   with Dropout. Neither has parameters, so checkpoints are the same either way.
+   sigmoid: the score lies in (0, 1), higher is better (the sigmoid and the plain Dropout: ``docs/design.md``).
 
 Weights: ``pretrained=True`` loads ``ExIQA_kadid10k.pth`` (none published: train it), ``pretrained_model_path``
 loads the project's compact checkpoint (``save_pretrained``) or pyiqa's ``{"params": state_dict}``.
@@ -47,9 +38,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from iqa_plugins.archs.clip_towers import create_clip, encode_prompts
+from iqa_plugins.archs.configs import resolve_named_config
 from iqa_plugins.archs.crops import crop_offsets, upscale_to_min_side
 from iqa_plugins.archs.input_check import check_image_batch
 from iqa_plugins.kernels import attribute_scores
+from iqa_plugins.kernels.attribute_scorer import group_softmax
 from iqa_plugins.weights import (
     WeightsNotFoundError,
     WeightsSpec,
@@ -256,20 +250,7 @@ def load_attribute_set(path: str | os.PathLike = ATTRIBUTES_FILE) -> AttributeSe
 
 def resolve_config(config: str | Mapping[str, Any] | None = None) -> dict[str, Any]:
     """A full config dict from a name ("paper", "small") or a dict of overrides (key "base" names the start)."""
-    if config is None:
-        config = "paper"
-    if isinstance(config, str):
-        if config not in CONFIGS:
-            raise ValueError(f"config={config!r} is not an ExIQA config; choose one of {sorted(CONFIGS)} or a dict")
-        return copy.deepcopy(CONFIGS[config])
-    if not isinstance(config, Mapping):
-        raise ValueError(f"config must be a name or a dict, got {type(config).__name__}")
-    overrides = dict(config)
-    resolved = resolve_config(overrides.pop("base", "paper"))
-    unknown = set(overrides) - set(resolved)
-    if unknown:
-        raise ValueError(f"config has unknown keys {sorted(unknown)}; known: {sorted(resolved)} and 'base'")
-    resolved.update(copy.deepcopy(overrides))
+    resolved = resolve_named_config(config, CONFIGS, "ExIQA")
     if resolved["input"] not in INPUT_PROTOCOLS:
         raise ValueError(f"config input={resolved['input']!r}: choose one of {INPUT_PROTOCOLS}")
     if not isinstance(resolved["num_crops"], int) or resolved["num_crops"] < 1:
@@ -337,12 +318,11 @@ def _build_clip(config: Mapping[str, Any], clip_pretrained: str | None, clip_wei
     if name is None:
         if clip_pretrained is not None:
             raise ValueError(f"clip_pretrained={clip_pretrained!r} needs an open_clip model name, not a custom config")
-        return open_clip.model.CLIP(**copy.deepcopy(config["clip_model_cfg"]))
+        return create_clip(config["clip_model_cfg"])
     if clip_pretrained is None:
-        # open_clip only logs that the model is random; here that is on purpose.
-        return open_clip.create_model(name, pretrained=None)
+        return create_clip(name)
     try:
-        return open_clip.create_model(name, pretrained=clip_pretrained)
+        return create_clip(name, pretrained=clip_pretrained)
     except Exception as error:  # hub/network/cache errors come in many types; all mean "weights unavailable"
         raise WeightsNotFoundError(
             f"CLIP weights {name!r} / pretrained={clip_pretrained!r} could not be loaded through open_clip "
@@ -353,29 +333,36 @@ def _build_clip(config: Mapping[str, Any], clip_pretrained: str | None, clip_wei
         ) from error
 
 
-def _encode_prompts(clip: nn.Module, token_ids: torch.Tensor) -> torch.Tensor:
-    """L2-normalised CLIP text features of tokenised prompts, computing only up to the longest prompt.
+def _choose_clip(
+    cfg: Mapping[str, Any],
+    compact: Mapping[str, Any] | None,
+    params_checkpoint: bool,
+    source: str | None,
+    clip_pretrained: str | None,
+    clip_weights_path: str | None,
+) -> tuple[nn.Module, str | None, bool]:
+    """ExIQA's CLIP, from the first of these sources that applies: (1) pyiqa's ``{"params"}`` checkpoint
+    (``params_checkpoint``) holds the whole CLIP, so a random one is built for it to overwrite; (2) weights given
+    explicitly (``clip_weights_path`` and/or ``clip_pretrained``; with both, the file is used and the tag
+    records what it holds); (3) a compact checkpoint's own CLIP state dict; (4) the open_clip pretrained tag a
+    compact checkpoint names; (5) without any of these, a random CLIP on purpose.
 
-    CLIP's text transformer is causal and pools the end-of-text token (the largest id), so positions after
-    the longest prompt's end token cannot change any result: cutting them makes encoding ~4x cheaper.
-    Other text towers fall back to the stock ``encode_text``.
+    Returns the CLIP, its pretrained tag (None if none) and whether it is exactly the pretrained weights.
     """
-    stock = (
-        isinstance(clip, open_clip.model.CLIP)
-        and getattr(clip, "text_pool_type", None) == "argmax"
-        and getattr(clip, "attn_mask", None) is not None
-    )
-    if not stock:
-        return F.normalize(clip.encode_text(token_ids), dim=-1)
-    length = int(token_ids.argmax(dim=-1).max()) + 1
-    ids = token_ids[:, :length]
-    cast_dtype = clip.transformer.get_cast_dtype()
-    x = clip.token_embedding(ids).to(cast_dtype) + clip.positional_embedding[:length].to(cast_dtype)
-    x = clip.transformer(x, attn_mask=clip.attn_mask[:length, :length])
-    x = clip.ln_final(x)
-    x = x[torch.arange(x.shape[0], device=x.device), ids.argmax(dim=-1)]
-    x = clip.text_projection(x) if isinstance(clip.text_projection, nn.Linear) else x @ clip.text_projection
-    return F.normalize(x, dim=-1)
+    if params_checkpoint:
+        return _build_clip(cfg, None, None), None, False
+    explicit = clip_weights_path is not None or clip_pretrained is not None
+    if compact is not None and not explicit:
+        clip_tag = compact["clip"].get("pretrained")
+        if "clip_state_dict" in compact:
+            clip = _build_clip(cfg, None, None)
+            clip.load_state_dict(compact["clip_state_dict"], strict=True)
+            return clip, clip_tag, False
+        if clip_tag is None:
+            raise ValueError(f"checkpoint {source!r} has neither CLIP weights nor an open_clip pretrained tag")
+        return _build_clip(cfg, clip_tag, None), clip_tag, True
+    clip = _build_clip(cfg, None if clip_weights_path else clip_pretrained, clip_weights_path)
+    return clip, clip_pretrained, clip_pretrained is not None
 
 
 def resize_center_crop(x: torch.Tensor, size: int) -> torch.Tensor:
@@ -428,7 +415,7 @@ class ExIQA(nn.Module):
         top_k: int = 3,
     ) -> None:
         super().__init__()
-        checkpoint = None
+        checkpoint, source = None, None
         if pretrained_model_path is not None or pretrained:
             checkpoint = load_checkpoint(resolve_weights(DEFAULT_WEIGHTS, pretrained_model_path))
             source = str(pretrained_model_path or DEFAULT_WEIGHTS.filename)
@@ -458,25 +445,10 @@ class ExIQA(nn.Module):
         self.top_k = int(top_k)
         self.metadata: dict[str, Any] = dict(checkpoint.get("metadata") or {}) if compact else {}
 
-        # CLIP: explicit weights win; else a compact checkpoint's own copy or the pretrained weights it names;
-        # pyiqa's {"params"} holds the whole CLIP, so a random one is built and overwritten.
-        explicit = clip_weights_path is not None or clip_pretrained is not None
-        if compact and not explicit and "clip_state_dict" in checkpoint:
-            self.clip = _build_clip(cfg, None, None)
-            self.clip.load_state_dict(checkpoint["clip_state_dict"], strict=True)
-            clip_tag, pristine = checkpoint["clip"].get("pretrained"), False
-        elif compact and not explicit:
-            clip_tag = checkpoint["clip"].get("pretrained")
-            if clip_tag is None:
-                raise ValueError(f"checkpoint {source!r} has neither CLIP weights nor an open_clip pretrained tag")
-            self.clip, pristine = _build_clip(cfg, clip_tag, None), True
-        elif checkpoint is not None and not compact:
-            self.clip, clip_tag, pristine = _build_clip(cfg, None, None), None, False
-        else:
-            # With both, the file is used and the tag records what it holds (so checkpoints may name it).
-            clip_tag = clip_pretrained
-            self.clip = _build_clip(cfg, None if clip_weights_path else clip_tag, clip_weights_path)
-            pristine = clip_tag is not None
+        self.clip, clip_tag, pristine = _choose_clip(
+            cfg, checkpoint if compact else None, checkpoint is not None and not compact, source,
+            clip_pretrained, clip_weights_path,
+        )
         self.clip_source = {
             "model": cfg["clip_model"],
             "pretrained": clip_tag,
@@ -560,7 +532,7 @@ class ExIQA(nn.Module):
             pos_prompts, neg_prompts = self.attribute_set.prompts()
             self._prompt_ids = open_clip.get_tokenizer(_TOKENIZER_MODEL)(pos_prompts + neg_prompts)
         ids = self._prompt_ids.to(self.text_pos.device)
-        feats = torch.cat([_encode_prompts(self.clip, part) for part in ids.split(chunk)])
+        feats = torch.cat([encode_prompts(self.clip, part) for part in ids.split(chunk)])
         feats = feats.to(self.text_pos.dtype)
         num_attr = self.attribute_set.num_attributes
         return feats[:num_attr], feats[num_attr:]
@@ -635,13 +607,7 @@ class ExIQA(nn.Module):
 
     def attribute_weights(self) -> torch.Tensor:
         """(125,) convex weights w_ad: softmax of the logits within each distortion's attributes."""
-        logits = self.weight_logits
-        group_max = logits.new_full((self._num_distortions,), float("-inf")).scatter_reduce(
-            0, self.group_index, logits.detach(), reduce="amax"
-        )
-        expd = (logits - group_max[self.group_index]).exp()
-        total = logits.new_zeros(self._num_distortions).index_add(0, self.group_index, expd)
-        return expd / total[self.group_index]
+        return group_softmax(self.weight_logits, self.group_index, self._num_distortions)
 
     def score_scale(self) -> dict[str, Any]:
         """Scale of the scores (``iqa_plugins.explanations``): the regressor's sigmoid gives (0, 1), the training

@@ -41,7 +41,7 @@ import os
 import pickle
 import sys
 from concurrent.futures import ProcessPoolExecutor, as_completed
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from multiprocessing import get_context
 from pathlib import Path
 from typing import Callable, Iterable, Sequence, Union
@@ -56,6 +56,7 @@ from iqa_plugins.data.distortions import (
     to_float,
     to_uint8,
 )
+from iqa_plugins.files import stale_temporaries, write_bytes_atomic, write_text_atomic
 from iqa_plugins.io import IMAGE_EXTENSIONS, read_image
 
 __all__ = [
@@ -150,23 +151,6 @@ def sample_distortions(
 # files
 
 
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    _atomic_write_bytes(path, text.encode("utf-8"))
-
-
 def _png_bytes(image: np.ndarray) -> bytes:
     buf = io.BytesIO()
     Image.fromarray(image).save(buf, format="PNG")
@@ -181,7 +165,7 @@ def _read_rgb(path: Path) -> np.ndarray:
 def _remove_stale_temporaries(*folders: Path) -> int:
     removed = 0
     for folder in folders:
-        for p in folder.glob(".*.tmp*"):
+        for p in stale_temporaries(folder):
             p.unlink()
             removed += 1
     return removed
@@ -263,7 +247,7 @@ def _run_job(job: _Job) -> _JobResult:
                 rng = variant_rng(job.seed, src.name, v)
                 steps = sample_distortions(rng, job.max_distortions, job.sampling)
                 distorted = to_uint8(apply_distortions(to_float(pristine), steps, rng))
-                _atomic_write_bytes(img_path, _png_bytes(distorted))
+                write_bytes_atomic(img_path, _png_bytes(distorted))
                 record = {
                     "fingerprint": job.fingerprint,
                     "image": img_path.name,
@@ -275,7 +259,7 @@ def _run_job(job: _Job) -> _JobResult:
             if job.labeller is not None:
                 record["label_name"] = job.label_name
                 record["label"] = float(job.labeller(to_float(pristine), to_float(distorted)))
-            _atomic_write_text(rec_path, json.dumps(record, indent=1))
+            write_text_atomic(rec_path, json.dumps(record, indent=1))
     except (OSError, ValueError, Image.DecompressionBombError) as exc:
         result.error = f"{src.name}: {type(exc).__name__}: {exc}"
     return result
@@ -301,7 +285,7 @@ def _write_csv(path: Path, header: Sequence[str], rows: Iterable[Sequence[object
     writer = csv.writer(buf, lineterminator="\n")
     writer.writerow(header)
     writer.writerows(rows)
-    _atomic_write_text(path, buf.getvalue())
+    write_text_atomic(path, buf.getvalue())
 
 
 def _split_rows(
@@ -347,7 +331,7 @@ def _write_tables(
             ["dist_name", "mos", "ref_name"],
             ([r["image"], repr(float(r["label"])), r["reference"]] for r in records),
         )
-    _atomic_write_bytes(out / "split.pkl", pickle.dumps(_split_rows(records, ratios, num_splits, seed), protocol=4))
+    write_bytes_atomic(out / "split.pkl", pickle.dumps(_split_rows(records, ratios, num_splits, seed), protocol=4))
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -459,7 +443,7 @@ def generate_dataset(
                 f"output_dir {str(out)!r} was generated with {previous}, not {settings}: use another folder"
             )
     else:
-        _atomic_write_text(config_path, json.dumps(settings, indent=1))
+        write_text_atomic(config_path, json.dumps(settings, indent=1))
     fingerprint = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
 
     report = GenerationReport(images=len(sources))

@@ -9,21 +9,15 @@ argument), and ``--install-to-cache`` copies it under the metric's default file 
 from __future__ import annotations
 
 import importlib
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-# arch type -> (module with DEFAULT_WEIGHTS, module with save_pretrained)
-_ARCH_MODULES = {
-    "DRExperts": ("iqa_plugins.archs.drexperts_arch", "iqa_plugins.archs.drexperts_convert"),
-    "ExIQA": ("iqa_plugins.archs.exiqa_arch", "iqa_plugins.archs.exiqa_arch"),
-}
-
-
 def default_weights_filename(arch_type: str) -> str:
     """The file name ``pretrained=True`` looks for in pyiqa's cache."""
-    if arch_type not in _ARCH_MODULES:
-        raise ValueError(f"no default weights file for arch {arch_type!r}; known: {sorted(_ARCH_MODULES)}")
-    return importlib.import_module(_ARCH_MODULES[arch_type][0]).DEFAULT_WEIGHTS.filename
+    if arch_type not in _ARCHS:
+        raise ValueError(f"no default weights file for arch {arch_type!r}; known: {sorted(_ARCHS)}")
+    return importlib.import_module(_ARCHS[arch_type][0]).DEFAULT_WEIGHTS.filename
 
 
 def _val_resize(opt: dict[str, Any]) -> list[int] | None:
@@ -37,22 +31,33 @@ def _val_resize(opt: dict[str, Any]) -> list[int] | None:
     return None
 
 
+def _save_drexperts(opt: dict[str, Any], net, path: Path) -> Path:
+    from iqa_plugins.archs.drexperts_arch import save_pretrained
+
+    train_set = opt["datasets"]["train"]
+    # The protocol travels with the weights: the metric then resizes and crops as validation did.
+    protocol = {
+        "resize": _val_resize(opt), "num_crops": int(net.num_crops),
+        "mos_range": None if train_set.get("mos_normalize") else train_set.get("mos_range"),
+        "lower_better": False, "dataset": train_set.get("name"),
+    }
+    return save_pretrained(net, path, source=f"iqa-plugins train ({opt['name']})", protocol=protocol)
+
+
+def _save_exiqa(opt: dict[str, Any], net, path: Path) -> Path:
+    from iqa_plugins.archs.exiqa_arch import save_pretrained
+
+    return save_pretrained(net, path, metadata={"trained_by": f"iqa-plugins train ({opt['name']})"})
+
+
+# arch type -> (module with DEFAULT_WEIGHTS, writer of the compact checkpoint from the training options)
+_ARCHS: dict[str, tuple[str, Callable[[dict[str, Any], Any, Path], Path]]] = {
+    "DRExperts": ("iqa_plugins.archs.drexperts_arch", _save_drexperts),
+    "ExIQA": ("iqa_plugins.archs.exiqa_arch", _save_exiqa),
+}
+
+
 def save_compact(opt: dict[str, Any], net, path: Path) -> Path | None:
     """Write ``net`` in its arch's compact format; None for archs that have none."""
-    arch_type = opt["network"]["type"]
-    if arch_type == "DRExperts":
-        from iqa_plugins.archs.drexperts_convert import save_pretrained
-
-        train_set = opt["datasets"]["train"]
-        # The protocol travels with the weights: the metric then resizes and crops as validation did.
-        net.protocol = {
-            "resize": _val_resize(opt), "num_crops": int(net.num_crops),
-            "mos_range": None if train_set.get("mos_normalize") else train_set.get("mos_range"),
-            "lower_better": False, "dataset": train_set.get("name"),
-        }
-        return save_pretrained(net, path, source=f"iqa-plugins train ({opt['name']})")
-    if arch_type == "ExIQA":
-        from iqa_plugins.archs.exiqa_arch import save_pretrained
-
-        return save_pretrained(net, path, metadata={"trained_by": f"iqa-plugins train ({opt['name']})"})
-    return None
+    entry = _ARCHS.get(opt["network"]["type"])
+    return None if entry is None else entry[1](opt, net, path)

@@ -7,7 +7,7 @@ Examples::
         --meta-info ~/data/meta_info_KonIQ10kDataset.csv --splits 10
     iqa-plugins train drexperts --opt my.yml                      # a full pyiqa options file
     iqa-plugins train drexperts --dataset livec --opt changes.yml --set train.total_epoch=3
-    torchrun --nproc_per_node 4 -m iqa_plugins train drexperts --dataset spaq --launcher pytorch
+    torchrun --nproc_per_node 4 --no-python iqa-plugins train drexperts --dataset spaq --launcher pytorch
     iqa-plugins train exiqa --phase 1 --data DIR ...               # see --help
 """
 

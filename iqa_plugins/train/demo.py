@@ -275,7 +275,7 @@ class _ExIQATrainer:
 
         from iqa_plugins.archs.exiqa_arch import save_pretrained
         from iqa_plugins.train import exiqa_phases as phases
-        from iqa_plugins.train.exiqa_cli import MOSDataset
+        from iqa_plugins.train.mos_dataset import MOSDataset
 
         start = time.time()
         self.progress["planned"] = epochs * len(self.loader)

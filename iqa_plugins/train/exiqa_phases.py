@@ -18,9 +18,7 @@ and SRCC/PLCC of the quality scores (scipy.stats).
 from __future__ import annotations
 
 import csv
-import math
 import os
-import time
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -38,6 +36,7 @@ from iqa_plugins.archs.exiqa_arch import ExIQA, resize_center_crop
 from iqa_plugins.io import read_image
 from iqa_plugins.split_files import split_rows
 from iqa_plugins.train.progress import TrainingProgress
+from iqa_plugins.train.schedule import cosine_warmup_schedule
 
 __all__ = [
     "StrengthsDataset",
@@ -157,20 +156,6 @@ def _optimiser_step(loss: torch.Tensor, optimizer: torch.optim.Optimizer, schedu
     optimizer.step()
     schedule.step()
     return loss.item()
-
-
-def cosine_warmup_schedule(optimizer: torch.optim.Optimizer, total_steps: int, warmup_steps: int) -> LambdaLR:
-    """Per-step learning-rate factor: linear warm-up to 1 over ``warmup_steps``, then cosine decay to 0."""
-    if total_steps < 1 or not 0 <= warmup_steps <= total_steps:
-        raise ValueError(f"need total_steps >= 1 and 0 <= warmup_steps <= total_steps, got {total_steps}, {warmup_steps}")
-
-    def factor(step: int) -> float:
-        if step < warmup_steps:
-            return (step + 1) / warmup_steps
-        progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
-        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
-
-    return LambdaLR(optimizer, factor)
 
 
 def distortion_loss(dist_probs: torch.Tensor, strengths: torch.Tensor) -> torch.Tensor:

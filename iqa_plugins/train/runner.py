@@ -21,6 +21,7 @@ import math
 import pickle
 import shutil
 import statistics
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -30,6 +31,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from iqa_plugins.files import atomic_path
 from iqa_plugins.train.progress import TrainingProgress
 from iqa_plugins.train.registry import register_training
 
@@ -116,30 +118,34 @@ def _latest_state(opt: dict[str, Any]) -> Path | None:
 
 
 def _set_log_file(logger: logging.Logger, log_file: Path | None, rank: int, console_level: int
-                  ) -> list[tuple[logging.Handler, int]]:
+                  ) -> list[tuple[logging.Handler, int, Any]]:
     """Everything goes to the run's log file; the console gets ``console_level`` and up (rank 0 only).
-    Returns what to undo: the added file handler (level -1) and the console handlers' previous levels."""
-    changed: list[tuple[logging.Handler, int]] = []
+    Returns what to undo: the added file handler (level -1) and the console handlers' previous levels and
+    streams. The console handlers write to the current ``sys.stderr``: pyiqa creates them once per process,
+    bound to whatever ``sys.stderr`` was then (a caller may have replaced it since)."""
+    changed: list[tuple[logging.Handler, int, Any]] = []
     logger.setLevel(min(console_level, logging.INFO) if rank == 0 else logging.ERROR)
     for handler in logger.handlers:
         if type(handler) is logging.StreamHandler:
-            changed.append((handler, handler.level))
+            changed.append((handler, handler.level, handler.stream))
             handler.setLevel(console_level)
+            handler.setStream(sys.stderr)
     if rank == 0 and log_file is not None:
         file_handler = logging.FileHandler(log_file, "w")
         file_handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s: %(message)s"))
         logger.addHandler(file_handler)
-        changed.append((file_handler, -1))
+        changed.append((file_handler, -1, None))
     return changed
 
 
-def _restore_log(logger: logging.Logger, changed: list[tuple[logging.Handler, int]]) -> None:
-    for handler, level in changed:
+def _restore_log(logger: logging.Logger, changed: list[tuple[logging.Handler, int, Any]]) -> None:
+    for handler, level, stream in changed:
         if level == -1:
             logger.removeHandler(handler)
             handler.close()
         else:
             handler.setLevel(level)
+            handler.setStream(stream)
 
 
 def _validate(model, val_loaders, current_iter: int, epoch: int, history: list, rank: int) -> dict:
@@ -299,10 +305,8 @@ def install_to_cache(checkpoint: Path, arch_type: str) -> Path:
     from iqa_plugins.weights import cache_dir
 
     target = cache_dir() / default_weights_filename(arch_type)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(f".{target.name}.part")
-    shutil.copyfile(checkpoint, tmp)
-    tmp.replace(target)
+    with atomic_path(target) as tmp:
+        shutil.copyfile(checkpoint, tmp)
     return target
 
 

@@ -1,15 +1,18 @@
-"""The DR.Experts learning-rate schedule, stepped every iteration.
+"""The learning-rate schedules of both models, stepped every iteration.
 
-Linear warm-up from ``warmup_lr`` to the optimiser's lr over ``warmup_iters``, then the lr times
+DR.Experts (:class:`WarmupStepLR`): linear warm-up from ``warmup_lr`` to the optimiser's lr over ``warmup_iters``, then the lr times
 ``gamma ** (t // step_iters)`` (t counts iterations from the start of training). With the authors' numbers
 (3 warm-up epochs, 3-epoch steps, gamma 0.1, 9 epochs) that is 2e-7 -> 2e-4 over epochs 0-2, 2e-5 for 3-5
-and 2e-6 for 6-8.
+and 2e-6 for 6-8. ExIQA (:func:`cosine_warmup_schedule`): linear warm-up, then cosine decay to 0.
 """
 
 from __future__ import annotations
 
+import math
+
+import torch
 from torch.optim import Optimizer
-from torch.optim.lr_scheduler import LRScheduler
+from torch.optim.lr_scheduler import LambdaLR, LRScheduler
 
 
 class WarmupStepLR(LRScheduler):
@@ -42,3 +45,17 @@ class WarmupStepLR(LRScheduler):
 
     def get_lr(self) -> list[float]:
         return [self.lr_at(base_lr, self.last_epoch) for base_lr in self.base_lrs]
+
+
+def cosine_warmup_schedule(optimizer: torch.optim.Optimizer, total_steps: int, warmup_steps: int) -> LambdaLR:
+    """Per-step learning-rate factor: linear warm-up to 1 over ``warmup_steps``, then cosine decay to 0."""
+    if total_steps < 1 or not 0 <= warmup_steps <= total_steps:
+        raise ValueError(f"need total_steps >= 1 and 0 <= warmup_steps <= total_steps, got {total_steps}, {warmup_steps}")
+
+    def factor(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / warmup_steps
+        progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+    return LambdaLR(optimizer, factor)

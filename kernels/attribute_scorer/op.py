@@ -12,7 +12,7 @@ import weakref
 
 import torch
 
-from .reference import attribute_scores_reference
+from .reference import attribute_scores_reference, group_softmax
 from .validation import check_group_values, check_inputs
 
 try:
@@ -149,16 +149,6 @@ def attribute_scores(
     return _launch(image_emb, text_diff, group_index, weight_logits, scale, num_groups, normalize)
 
 
-def _group_softmax(weight_logits: torch.Tensor, group_index: torch.Tensor, num_groups: int) -> torch.Tensor:
-    """(A,) softmax of the logits within each group, with differentiable PyTorch ops."""
-    group_max = weight_logits.new_full((num_groups,), float("-inf")).scatter_reduce(
-        0, group_index, weight_logits.detach(), reduce="amax", include_self=True
-    )
-    expd = (weight_logits - group_max[group_index]).exp()
-    denom = weight_logits.new_zeros(num_groups).index_add(0, group_index, expd)
-    return expd / denom[group_index]
-
-
 if EXTENSION_LOADED:
 
     @torch.library.register_fake(OP_NAME)
@@ -178,7 +168,7 @@ if EXTENSION_LOADED:
         out_dtype = image_emb.dtype
         work = torch.promote_types(out_dtype, torch.float32)
         emb, diff, logits, p = (x.to(work) for x in (image_emb, text_diff, weight_logits, attr))
-        weights = _group_softmax(logits, group_index, ctx.num_groups)
+        weights = group_softmax(logits, group_index, ctx.num_groups)
 
         # d loss / d P(a|I): directly, and through P(d|I) = sum_a w_a P(a|I).
         grad_p = grad_dist.to(work)[:, group_index] * weights

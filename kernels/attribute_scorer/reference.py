@@ -24,6 +24,12 @@ def group_weight_matrix(group_index: torch.Tensor, weight_logits: torch.Tensor, 
     return (masked.softmax(dim=1) * member).transpose(0, 1)
 
 
+def group_softmax(weight_logits: torch.Tensor, group_index: torch.Tensor, num_groups: int) -> torch.Tensor:
+    """(A,) weights w_a: the softmax of the logits within a's group (the one non-zero of row a of
+    `group_weight_matrix`). Differentiable; the form the backward pass and the ExIQA model use."""
+    return group_weight_matrix(group_index, weight_logits, num_groups).sum(dim=1)
+
+
 def attribute_scores_reference(
     image_emb: torch.Tensor,
     text_pos: torch.Tensor,

@@ -1,6 +1,6 @@
 """DR.Experts: official checkpoint layouts, conversion, literal vs fast path, explanations.
 
-The official key layout is generated here from the layout rules (notes/drexperts.md and the authors'
+The official key layout is generated here from the layout rules (the authors'
 models/deit.py, models/din.py, DA-CLIP's daclip_model.py), independently of the converter under test, and
 a functional re-implementation of the authors' forward (DeiT-repo names, LND CLIP layout) that reads the
 official state dict directly serves as the oracle for "a random official checkpoint reproduces the model".
@@ -18,15 +18,14 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from iqa_plugins.archs import drexperts_convert
+from iqa_plugins import convert_command
 from iqa_plugins.archs.daclip import DISTORTION_PROMPTS
-from iqa_plugins.archs.drexperts_arch import CONFIGS, DRExperts
+from iqa_plugins.archs.drexperts_arch import CONFIGS, DRExperts, save_pretrained
 from iqa_plugins.archs.drexperts_convert import (
     COMPACT_FORMAT,
     CheckpointKeyError,
     convert_official,
     read_checkpoint,
-    save_pretrained,
 )
 from iqa_plugins.weights import load_checkpoint
 
@@ -424,11 +423,11 @@ def test_convert_command_writes_compact(official_state, tmp_path, capsys):
 
     torch.save({"model": official_state}, tmp_path / "ckpt_epoch_1.pth")
     parser = argparse.ArgumentParser()
-    drexperts_convert.add_arguments(parser)
+    convert_command.add_arguments(parser)
     args = parser.parse_args([str(tmp_path / "ckpt_epoch_1.pth"), "-o", str(tmp_path / "out.pth"), "--dataset",
                               "bid", "--num-crops", "2", "--config", "small"])
     with pytest.warns(UserWarning):
-        assert drexperts_convert.main(args) == 0
+        assert convert_command.main(args) == 0
     raw = load_checkpoint(tmp_path / "out.pth")
     assert raw["protocol"] == {"resize": [512, 512], "num_crops": 2, "mos_range": [0.0, 5.0], "lower_better": False,
                                "dataset": "bid"}

@@ -8,7 +8,7 @@ import torch.nn.functional as F
 
 from iqa_plugins.archs.daclip import DISTORTION_PROMPTS
 from iqa_plugins.archs.drexperts_arch import DRExperts
-from iqa_plugins.archs.drexperts_convert import save_pretrained as save_drexperts
+from iqa_plugins.archs.drexperts_arch import save_pretrained as save_drexperts
 from iqa_plugins.archs.exiqa_arch import ExIQA
 from iqa_plugins.archs.exiqa_arch import save_pretrained as save_exiqa
 from iqa_plugins.explanations import ABSENT_THRESHOLD, explanation_columns, parse_score_range, score_scale

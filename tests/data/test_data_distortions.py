@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import io
 import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -141,12 +140,12 @@ def test_sequence_shares_one_generator(small):
     np.testing.assert_array_equal(apply_distortions(small, steps, seed=9), manual)
 
 
-def test_distortions_do_not_need_torch():
+def test_distortions_do_not_need_torch(python_cmd):
     code = (
         "import sys; import iqa_plugins.data.distortions, iqa_plugins.data.generator; "
         "assert 'torch' not in sys.modules, 'torch was imported'"
     )
-    subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
+    subprocess.run([*python_cmd, "-c", code], check=True, timeout=120)
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -7,7 +7,6 @@ import csv
 import json
 import pickle
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -144,7 +143,7 @@ def test_deterministic_across_workers_and_resumable(pristine_dir, generated, tmp
 
     # interrupt simulation: one image lost, a stale temporary file left behind, one record half-written
     (out2 / "images" / "coffee_01.png").unlink()
-    (out2 / "images" / ".coffee_02.png.tmp12345").write_bytes(b"\x89PNG half")
+    (out2 / "images" / ".coffee_02.png.k2x9q1.part").write_bytes(b"\x89PNG half")
     (out2 / "records" / "astronaut_00.json").write_text('{"fingerprint": ')
     (out2 / "strengths.csv").unlink()
     report = run(pristine_dir, out2, workers=1)
@@ -247,13 +246,13 @@ def test_sampling():
     )
 
 
-def test_module_entry_point(pristine_dir, tmp_path):
+def test_module_entry_point(pristine_dir, tmp_path, python_cmd):
     res = subprocess.run(
-        [sys.executable, "-m", "iqa_plugins.data.generator", "--help"], capture_output=True, text=True, timeout=120
+        [*python_cmd, "-m", "iqa_plugins.data.generator", "--help"], capture_output=True, text=True, timeout=120
     )
     assert res.returncode == 0 and "--max-distortions" in res.stdout and "--label" in res.stdout
     res = subprocess.run(
-        [sys.executable, "-m", "iqa_plugins.data.generator", str(tmp_path / "nope"), str(tmp_path / "o")],
+        [*python_cmd, "-m", "iqa_plugins.data.generator", str(tmp_path / "nope"), str(tmp_path / "o")],
         capture_output=True,
         text=True,
         timeout=120,

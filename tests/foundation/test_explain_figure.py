@@ -8,7 +8,7 @@ import torch
 from PIL import Image
 
 from iqa_plugins.archs.drexperts_arch import DRExperts
-from iqa_plugins.archs.drexperts_convert import save_pretrained as save_drexperts
+from iqa_plugins.archs.drexperts_arch import save_pretrained as save_drexperts
 from iqa_plugins.archs.exiqa_arch import ExIQA
 from iqa_plugins.archs.exiqa_arch import save_pretrained as save_exiqa
 from iqa_plugins.explain_figure import attention_heatmap, explanation_figure

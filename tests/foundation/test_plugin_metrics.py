@@ -11,7 +11,7 @@ pytestmark = pytest.mark.slow
 # metric name -> (arch module, compact-checkpoint writer, default file name in pyiqa's cache)
 MODELS = {
     "exiqa": ("iqa_plugins.archs.exiqa_arch", "save_pretrained", "ExIQA_kadid10k.pth"),
-    "drexperts": ("iqa_plugins.archs.drexperts_convert", "save_pretrained", "DRExperts_koniq10k.pth"),
+    "drexperts": ("iqa_plugins.archs.drexperts_arch", "save_pretrained", "DRExperts_koniq10k.pth"),
 }
 ARCHS = {"exiqa": ("iqa_plugins.archs.exiqa_arch", "ExIQA"), "drexperts": ("iqa_plugins.archs.drexperts_arch", "DRExperts")}
 
@@ -36,7 +36,7 @@ def _small_checkpoint(name: str, path) -> None:
 
 
 @pytest.mark.parametrize("name", sorted(MODELS))
-def test_create_metric_in_fresh_interpreter(fresh, python_exe, name, tmp_path):
+def test_create_metric_in_fresh_interpreter(fresh, python_cmd, name, tmp_path):
     code = (
         "import pyiqa, torch\n"
         f"m = pyiqa.create_metric({name!r}, pretrained=False, config='small', device='cpu')\n"
@@ -48,15 +48,15 @@ def test_create_metric_in_fresh_interpreter(fresh, python_exe, name, tmp_path):
         "assert torch.isfinite(x.grad).all() and x.grad.abs().sum() > 0\n"
         "print('ok')\n"
     )
-    result = fresh([python_exe, "-c", code], env={"TORCH_HOME": str(tmp_path)})
+    result = fresh([*python_cmd, "-c", code], env={"TORCH_HOME": str(tmp_path)})
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip().endswith("ok")
 
 
 @pytest.mark.parametrize("name", sorted(MODELS))
-def test_default_weights_missing_offline_is_explained(fresh, python_exe, name, tmp_path):
+def test_default_weights_missing_offline_is_explained(fresh, python_cmd, name, tmp_path):
     code = f"import pyiqa; pyiqa.create_metric({name!r}, device='cpu')"
-    result = fresh([python_exe, "-c", code], env={"TORCH_HOME": str(tmp_path)})
+    result = fresh([*python_cmd, "-c", code], env={"TORCH_HOME": str(tmp_path)})
     assert result.returncode != 0
     assert "WeightsNotFoundError" in result.stderr
     assert MODELS[name][2] in result.stderr and str(tmp_path) in result.stderr

@@ -5,18 +5,18 @@ import pytest
 pytestmark = pytest.mark.slow  # each test starts an interpreter that imports pyiqa
 
 
-def test_startup_imports_neither_torch_nor_pyiqa(fresh, python_exe):
+def test_startup_imports_neither_torch_nor_pyiqa(fresh, python_cmd):
     code = (
         "import sys;"
         "hooked = any(type(f).__name__ == '_PyiqaImportHook' for f in sys.meta_path);"
         "print(hooked, 'torch' in sys.modules, 'pyiqa' in sys.modules)"
     )
-    result = fresh([python_exe, "-c", code])
+    result = fresh([*python_cmd, "-c", code])
     assert result.returncode == 0, result.stderr
     assert result.stdout.split() == ["True", "False", "False"]
 
 
-def test_import_pyiqa_registers_both_metrics(fresh, python_exe):
+def test_import_pyiqa_registers_both_metrics(fresh, python_cmd):
     code = (
         "import pyiqa\n"
         "nr = pyiqa.list_models(metric_mode='NR')\n"
@@ -28,14 +28,14 @@ def test_import_pyiqa_registers_both_metrics(fresh, python_exe):
         "assert pyiqa.list_models().count('drexperts') == 1\n"
         "print('ok')\n"
     )
-    result = fresh([python_exe, "-c", code])
+    result = fresh([*python_cmd, "-c", code])
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip().endswith("ok")
 
 
-def test_autoload_can_be_disabled(fresh, python_exe):
+def test_autoload_can_be_disabled(fresh, python_cmd):
     code = "import pyiqa; print('drexperts' in pyiqa.list_models())"
-    result = fresh([python_exe, "-c", code], env={"IQA_PLUGINS_NO_AUTOLOAD": "1"})
+    result = fresh([*python_cmd, "-c", code], env={"IQA_PLUGINS_NO_AUTOLOAD": "1"})
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip().splitlines()[-1] == "False"
 

@@ -7,7 +7,6 @@ import json
 import re
 import shutil
 import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -90,14 +89,14 @@ def _chromium():
     return webdriver, Service, browser, driver
 
 
-def test_report_in_headless_chromium(score_file, tmp_path):
+def test_report_in_headless_chromium(score_file, tmp_path, python_cmd):
     webdriver, Service, browser, driver_path = _chromium()
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import Select
 
     scores, rows = score_file
     page = tmp_path / "report.html"
-    done = subprocess.run([sys.executable, "-m", "iqa_plugins", "report", str(scores), "-o", str(page)],
+    done = subprocess.run([*python_cmd, "-m", "iqa_plugins", "report", str(scores), "-o", str(page)],
                           capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     assert "report on 7 images (2 skipped)" in done.stdout

@@ -41,12 +41,12 @@ def test_score_folder_csv_with_bad_files(fresh, console_script, folder, tmp_path
 
 
 @pytest.mark.slow
-def test_jsonl_resume_and_module_entry(fresh, python_exe, folder, tmp_path):
+def test_jsonl_resume_and_module_entry(fresh, python_cmd, folder, tmp_path):
     out = tmp_path / "scores.jsonl"
-    first = fresh([python_exe, "-m", "iqa_plugins", "score", str(folder / "a.png"), "--metric", METRIC,
+    first = fresh([*python_cmd, "-m", "iqa_plugins", "score", str(folder / "a.png"), "--metric", METRIC,
                    "-o", str(out), "--workers", "0", "-q"])
     assert first.returncode == 0, first.stderr
-    second = fresh([python_exe, "-m", "iqa_plugins", "score", str(folder / "*.png"), str(folder / "sub"),
+    second = fresh([*python_cmd, "-m", "iqa_plugins", "score", str(folder / "*.png"), str(folder / "sub"),
                     "--metric", METRIC, "-o", str(out), "--resume", "--workers", "0", "-q"])
     assert second.returncode == 1, second.stderr  # tiny.png is still refused
     rows = [json.loads(line) for line in out.read_text().splitlines()[1:]]  # after the metadata line

@@ -30,7 +30,7 @@ def drexperts_checkpoint(tmp_path_factory) -> Path:
     import torch
 
     from iqa_plugins.archs.drexperts_arch import DRExperts
-    from iqa_plugins.archs.drexperts_convert import save_pretrained
+    from iqa_plugins.archs.drexperts_arch import save_pretrained
 
     torch.manual_seed(0)
     path = tmp_path_factory.mktemp("weights") / "drexperts_small.pth"

@@ -341,7 +341,7 @@ def nan_checkpoint(tmp_path_factory):
     import torch
 
     from iqa_plugins.archs.drexperts_arch import DRExperts
-    from iqa_plugins.archs.drexperts_convert import save_pretrained
+    from iqa_plugins.archs.drexperts_arch import save_pretrained
 
     model = DRExperts(pretrained=False, config="small").eval()
     with torch.no_grad():

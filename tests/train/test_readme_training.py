@@ -120,7 +120,8 @@ def test_every_readme_training_command_runs(places, capfd, monkeypatch):
         if argv[0] == "torchrun":
             torchrun = Path(sys.executable).with_name("torchrun")
             env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": "",
-                   "PET_MASTER_PORT": str(_free_port())}
+                   "PET_MASTER_PORT": str(_free_port()),
+                   "PATH": os.pathsep.join([str(torchrun.parent), os.environ.get("PATH", "")])}
             done = subprocess.run([str(torchrun), *argv[1:]], capture_output=True, text=True, env=env, timeout=600)
             assert done.returncode == 0, (command, done.stderr[-3000:])
             outputs[command] = done.stdout

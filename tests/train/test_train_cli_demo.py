@@ -6,7 +6,6 @@ import argparse
 import json
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -20,13 +19,13 @@ from iqa_plugins.train import demo
 
 
 @pytest.mark.slow
-def test_train_command_drexperts_small_installs_loadable_weights(tiny_set, tmp_path):
+def test_train_command_drexperts_small_installs_loadable_weights(tiny_set, tmp_path, python_cmd):
     images, meta = tiny_set
     options = tmp_path / "small.yml"
     options.write_text(yaml.safe_dump(small_drexperts_options(images, meta)))
     env = {**os.environ, "TORCH_HOME": str(tmp_path / "torch_home")}
     done = subprocess.run(
-        [sys.executable, "-m", "iqa_plugins", "train", "drexperts", "--opt", str(options), "--device", "cpu",
+        [*python_cmd, "-m", "iqa_plugins", "train", "drexperts", "--opt", str(options), "--device", "cpu",
          "--root", str(tmp_path), "--set", "train.total_epoch=2", "--install-to-cache", "--quiet"],
         capture_output=True, text=True, env=env, timeout=300,
     )
