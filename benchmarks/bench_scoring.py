@@ -69,8 +69,7 @@ def _photo(index: int) -> Image.Image:
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory, bench_mode, bench_device):
-    from iqa_plugins.archs.drexperts_arch import DEFAULT_WEIGHTS, DRExperts
-    from iqa_plugins.archs.drexperts_convert import save_pretrained
+    from iqa_plugins.archs.drexperts_arch import DEFAULT_WEIGHTS, DRExperts, save_pretrained
 
     root = tmp_path_factory.mktemp("scoring")
     cache = root / "torch_home" / "hub" / "pyiqa"  # pyiqa's cache under TORCH_HOME

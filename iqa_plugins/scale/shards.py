@@ -20,6 +20,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from iqa_plugins.files import atomic_path, write_text_atomic
 from iqa_plugins.scoring_output import ErrorLog, MetricSpec, OutputFormatError, ScoreWriter, make_metadata
 
 MERGED_SUFFIXES = {".csv": "csv", ".jsonl": "jsonl"}
@@ -35,12 +36,6 @@ def merged_format(output: str | os.PathLike) -> str | None:
 def shard_dir(output: str | os.PathLike) -> Path:
     output = Path(output)
     return output.with_name(output.name + ".shards") if merged_format(output) else output
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
 
 
 def _read_specs(directory: Path) -> list[MetricSpec]:
@@ -74,7 +69,7 @@ class ShardStore:
                 shard.unlink()
         self.errors = ErrorLog(str(self.output), append=resume)
         self.metrics = metrics
-        _write_atomic(meta_path, json.dumps(make_metadata(metrics, []), indent=1))
+        write_text_atomic(meta_path, json.dumps(make_metadata(metrics, []), indent=1))
 
     @property
     def written(self) -> frozenset[str]:
@@ -111,9 +106,8 @@ class ShardStore:
             return
         table = pa.Table.from_pylist(self._pending)
         name = f"part-{len(self.shards()):06d}-{uuid.uuid4().hex[:8]}.parquet"
-        tmp = self.directory / f".{name}.tmp"
-        pq.write_table(table, tmp)
-        os.replace(tmp, self.directory / name)
+        with atomic_path(self.directory / name) as tmp:
+            pq.write_table(table, tmp)
         self._pending = []
 
     def close(self) -> None:
@@ -133,13 +127,8 @@ def merge(output: str | os.PathLike) -> int:
     for shard in sorted(directory.glob("part-*.parquet")):
         for row in pq.read_table(shard).to_pylist():
             by_path.setdefault(row["path"], row)
-    tmp = output.with_name(f".{output.name}.{uuid.uuid4().hex}.tmp")
-    try:
-        with tmp.open("w", newline="", encoding="utf-8") as handle:
-            writer = ScoreWriter(handle, fmt, _read_specs(directory), output=str(output))
-            for path in sorted(by_path):
-                writer.write(by_path[path])
-        os.replace(tmp, output)
-    finally:
-        tmp.unlink(missing_ok=True)
+    with atomic_path(output) as tmp, tmp.open("w", newline="", encoding="utf-8") as handle:
+        writer = ScoreWriter(handle, fmt, _read_specs(directory), output=str(output))
+        for path in sorted(by_path):
+            writer.write(by_path[path])
     return len(by_path)

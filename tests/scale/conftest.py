@@ -14,8 +14,7 @@ def small_weights(tmp_path_factory) -> Path:
     """A compact DR.Experts checkpoint of the small config (random weights: scoring does not depend on training)."""
     import torch
 
-    from iqa_plugins.archs.drexperts_arch import DRExperts
-    from iqa_plugins.archs.drexperts_convert import save_pretrained
+    from iqa_plugins.archs.drexperts_arch import DRExperts, save_pretrained
 
     torch.manual_seed(7)
     path = tmp_path_factory.mktemp("weights") / "DRExperts_small.pth"

@@ -59,7 +59,7 @@ def test_scoring_a_plugin_metric_never_imports_pyiqa(small_weights, tmp_path, wr
         f" 'pretrained_model_path={small_weights}', '-o', {str(tmp_path / 's.csv')!r}, '-q'])\n"
         "print(json.dumps({'status': status, 'pyiqa': any(m.split('.')[0] == 'pyiqa' for m in sys.modules)}))\n"
     )
-    result = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True, timeout=300)
+    result = subprocess.run([sys.executable, "-P", "-c", program], capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout.splitlines()[-1]) == {"status": 0, "pyiqa": False}
     assert (tmp_path / "s.csv").read_text().count("\n") == 2  # header and the one image
