@@ -32,7 +32,7 @@ from iqa_plugins.kernels.diff_attention import flops as flop_model
 RESULTS_DIR = Path(__file__).parent / "results"
 HAS_CUDA = torch.cuda.is_available()
 
-# name: (B, H, M, N, d, dv). GPU cases are the issue's: ViT shapes (64 images x 10 experts, 12 heads),
+# name: (B, H, M, N, d, dv). GPU cases are the shapes the project targets: ViT shapes (64 images x 10 experts, 12 heads),
 # DR.Experts' exact decode-style path (M = 1) and its literal path (M = N = 577, d = 384), 64 x 10 slices.
 GPU_CASES = {
     "vit_n197_d64": (640, 12, 197, 197, 64, 64),
