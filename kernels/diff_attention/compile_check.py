@@ -66,13 +66,11 @@ class Job:
     ptxas: bool
 
 
-def _select_target(target: str) -> None:
-    """Point Triton's driver at a stand-in that reports `target` (no GPU, no CUDA driver needed)."""
+def stand_in_driver_class(capability: int) -> type:
+    """A Triton driver that reports a CUDA target of `capability` without a GPU or a CUDA driver: it compiles,
+    never benchmarks. Subclasses add what else they pretend (e.g. a launcher that only counts)."""
     from triton.backends.compiler import GPUTarget
     from triton.backends.driver import DriverBase
-    from triton.runtime.driver import driver
-
-    capability = TARGETS[target][0]
 
     class StandInDriver(DriverBase):
         @classmethod
@@ -99,7 +97,14 @@ def _select_target(target: str) -> None:
         def get_current_stream(self, device: int | None = None) -> int:
             return 0
 
-    driver.set_active(StandInDriver())
+    return StandInDriver
+
+
+def _select_target(target: str) -> None:
+    """Point Triton's driver at a stand-in that reports `target` (no GPU, no CUDA driver needed)."""
+    from triton.runtime.driver import driver
+
+    driver.set_active(stand_in_driver_class(TARGETS[target][0])())
 
 
 def _plan(case: str, dtype: str, direction: str, target: str):  # noqa: ANN202
