@@ -6,7 +6,8 @@ being run, so ``iqa-plugins --help`` stays instant.
 
 Exit status of every command: 0 done; 1 done, but some inputs were skipped (named on stderr); 2 bad
 arguments or input, reported in one line that names the file or argument (``IQA_PLUGINS_DEBUG=1`` shows
-the traceback); 130 interrupted (Ctrl-C), with what was already written kept.
+the traceback); 3 (``score --engine ray``) the Ray job stopped part way, its scores so far kept; 130
+interrupted (Ctrl-C), with what was already written kept.
 """
 
 from __future__ import annotations

@@ -1,4 +1,5 @@
-"""Reading images for scoring: every common file variant in, RGB float in [0,1] out, or a clear error.
+"""Reading images for scoring: every common file variant in, RGB pixels (8-bit, or float in [0,1]) out, or a clear
+error.
 
 Handled: EXIF orientation (JPEGs from phones), palette/grey/grey+alpha/RGBA (alpha composited onto
 white, as a viewer shows it), CMYK JPEGs, 16-bit greyscale PNG/TIFF (scaled by 65535, not clipped at
@@ -29,7 +30,9 @@ __all__ = [
     "is_image_path",
     "probe_image",
     "read_image",
+    "read_pixels",
     "require_readable",
+    "to_unit_float",
 ]
 
 
@@ -46,8 +49,8 @@ def is_image_path(path: str | os.PathLike) -> bool:
     return Path(path).suffix.lower() in IMAGE_EXTENSIONS
 
 
-def _to_rgb_array(img: Image.Image) -> np.ndarray:
-    """PIL image of any mode -> float32 (H,W,3) in [0,1]."""
+def _rgb_pixels(img: Image.Image) -> np.ndarray:
+    """PIL image of any mode -> (H,W,3) RGB pixels: uint8 for 8-bit images, float32 in [0,1] for deeper ones."""
     mode = img.mode
     if mode in ("I;16", "I;16L", "I;16B", "I;16N", "I"):
         # 16-bit (or 32-bit int) greyscale: convert("RGB") would clip everything above 255.
@@ -62,8 +65,15 @@ def _to_rgb_array(img: Image.Image) -> np.ndarray:
         rgba = img.convert("RGBA")
         white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
         img = Image.alpha_composite(white, rgba)
+    return np.asarray(img.convert("RGB"))
+
+
+def to_unit_float(pixels: np.ndarray) -> np.ndarray:
+    """Pixels from :func:`read_pixels` as float32 in [0,1] (8-bit values divided by 255)."""
+    if pixels.dtype != np.uint8:
+        return pixels
     # uint8 first, then one in-place division: np.asarray(img, dtype=float32) is ~10x slower, same values
-    array = np.asarray(img.convert("RGB")).astype(np.float32)
+    array = pixels.astype(np.float32)
     return np.divide(array, 255.0, out=array)
 
 
@@ -91,8 +101,9 @@ def _decoding(path: Path) -> Iterator[None]:
         ImageFile.LOAD_TRUNCATED_IMAGES = accept_truncated
 
 
-def read_image(path: str | os.PathLike, min_side: int = DEFAULT_MIN_SIDE) -> np.ndarray:
-    """Read ``path`` as float32 RGB (H,W,3) in [0,1], upright per its EXIF orientation.
+def read_pixels(path: str | os.PathLike, min_side: int = DEFAULT_MIN_SIDE) -> np.ndarray:
+    """Read ``path`` as RGB pixels (H,W,3), upright per its EXIF orientation: uint8 for 8-bit images,
+    float32 in [0,1] for 16-bit and floating-point ones (:func:`to_unit_float` makes either float).
 
     Raises:
         ImageReadError: missing, unreadable, truncated, not an image, or smaller than ``min_side``.
@@ -104,13 +115,22 @@ def read_image(path: str | os.PathLike, min_side: int = DEFAULT_MIN_SIDE) -> np.
         raise ImageReadError(path, "is a directory, not an image file")
     with _decoding(path), Image.open(path) as img:
         img = ImageOps.exif_transpose(img)  # also forces the full decode: truncation fails here
-        array = _to_rgb_array(img)
-    height, width = array.shape[:2]
+        pixels = _rgb_pixels(img)
+    height, width = pixels.shape[:2]
     if min(height, width) < min_side:
         raise ImageReadError(
             path, f"image is {width}x{height}, smaller than the minimum {min_side}x{min_side} for scoring"
         )
-    return array
+    return pixels
+
+
+def read_image(path: str | os.PathLike, min_side: int = DEFAULT_MIN_SIDE) -> np.ndarray:
+    """Read ``path`` as float32 RGB (H,W,3) in [0,1], upright per its EXIF orientation.
+
+    Raises:
+        ImageReadError: missing, unreadable, truncated, not an image, or smaller than ``min_side``.
+    """
+    return to_unit_float(read_pixels(path, min_side))
 
 
 def probe_image(path: str | os.PathLike) -> None:

@@ -256,7 +256,8 @@ class DRExperts(nn.Module):
             if module is not None:
                 module.requires_grad_(False)  # DA-CLIP is frozen in the authors' training
         self.register_buffer("text_features", torch.zeros(len(DISTORTION_PROMPTS), clip_dim))
-        self.register_buffer("prompt_tokens", tokenize_prompts(), persistent=False)
+        if with_text:  # the tokenizer costs a third of a second at start-up; without a text tower it is unused
+            self.register_buffer("prompt_tokens", tokenize_prompts(), persistent=False)
         self.register_buffer("imagenet_mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("imagenet_std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("clip_mean", torch.tensor(CLIP_MEAN).view(1, 3, 1, 1), persistent=False)

@@ -12,14 +12,15 @@ RAY_MISSING = "--engine ray needs Ray Data: pip install 'iqa-plugins[ray]'"
 def run_ray_engine(args: argparse.Namespace, names: list[str], options: dict[str, dict[str, Any]]) -> int:
     """Score with the checked ``--metric`` names and their options (``{name: options}``).
 
-    Exit status as the single-process command: 0 all scored, 1 some skipped, 2 nothing could be done.
+    Exit status as the single-process command: 0 all scored, 1 some skipped, 2 nothing could be done; 3 the
+    Ray job stopped part way (the scores so far are kept for ``--resume``).
     """
     try:
         import ray.data  # noqa: F401
     except ImportError:
         print(f"iqa-plugins score: {RAY_MISSING}", file=sys.stderr)
         return 2
-    from iqa_plugins.scale.ray_engine import score_with_ray
+    from iqa_plugins.scale.ray_engine import RayJobError, score_with_ray
 
     if not args.output:
         print("iqa-plugins score: --engine ray needs --output (a .csv/.jsonl file, or a folder for Parquet "
@@ -38,6 +39,9 @@ def run_ray_engine(args: argparse.Namespace, names: list[str], options: dict[str
             device=None if args.device == "auto" else args.device, resume=args.resume,
             min_side=args.min_side, progress=not args.quiet,
         )
+    except RayJobError as error:
+        print(f"iqa-plugins score: {error}", file=sys.stderr)
+        return 3
     except (ValueError, KeyError, OSError) as error:
         print(f"iqa-plugins score: {error}", file=sys.stderr)
         return 2

@@ -46,7 +46,7 @@ from iqa_plugins.scoring import Failure, collect_images, load_metric, score_path
 LIST_FILE_SUFFIXES = frozenset({".txt", ".lst", ".list"})
 _URI = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
 
-__all__ = ["ImageScorer", "RaySummary", "image_paths_dataset", "list_image_paths", "score_with_ray"]
+__all__ = ["ImageScorer", "RayJobError", "RaySummary", "image_paths_dataset", "list_image_paths", "score_with_ray"]
 
 
 def _is_uri(path: str) -> bool:
@@ -208,6 +208,29 @@ def per_metric_options(names: list[str], options: dict[str, Any] | None) -> dict
     return {name: dict(options.get(name, {})) for name in names}
 
 
+class RayJobError(RuntimeError):
+    """The Ray job stopped part way (an actor's error, a lost cluster); what was scored is kept in the shards."""
+
+
+# An exception line of a formatted traceback ("OSError: [Errno 28] ..."), not one of Ray's own wrappers.
+_EXCEPTION_LINE = re.compile(r"^(?!ray\.)([A-Za-z_][\w.]*(?:Error|Exception|Exit|Interrupt)): ?(.*)$", re.MULTILINE)
+
+
+def _root_cause(error: BaseException) -> str:
+    """The innermost error under Ray's wrappers, in one line: the one a user can act on. A remote error
+    arrives as text (the actor's formatted traceback, innermost exception first), so it is read from there."""
+    chain: list[BaseException] = []
+    while isinstance(error, BaseException) and all(error is not e for e in chain):
+        chain.append(error)
+        error = getattr(error, "cause", None) or error.__cause__
+    for wrapped in chain:
+        match = _EXCEPTION_LINE.search(str(wrapped))
+        if match:
+            return f"{match[1]}: {match[2]}".rstrip(": ")
+    lines = str(chain[-1]).strip().splitlines()
+    return f"{type(chain[-1]).__name__}: {lines[0] if lines else ''}".rstrip(": ")
+
+
 @dataclass
 class RaySummary:
     scored: int = 0
@@ -323,15 +346,22 @@ def score_with_ray(
                 batch_format="numpy",
             )
             bar = tqdm(total=len(todo), unit="img", disable=not progress, file=sys.stderr)
-            for batch in scored.iter_batches(batch_size=None, batch_format="numpy"):
-                for path, row, error in zip(batch["path"], batch["row"], batch["error"]):
-                    if error:
-                        summary.failures.append(Failure(str(path), str(error)))
-                        store.add_error(str(path), str(error))
-                    else:
-                        summary.scored += store.add([json.loads(row)])
-                bar.update(len(batch["path"]))
-            bar.close()
+            try:
+                for batch in scored.iter_batches(batch_size=None, batch_format="numpy"):
+                    for path, row, error in zip(batch["path"], batch["row"], batch["error"]):
+                        if error:
+                            summary.failures.append(Failure(str(path), str(error)))
+                            store.add_error(str(path), str(error))
+                        else:
+                            summary.scored += store.add([json.loads(row)])
+                    bar.update(len(batch["path"]))
+            except ray.exceptions.RayError as error:
+                raise RayJobError(
+                    f"the Ray job stopped after {summary.scored} of {len(todo)} image(s): {_root_cause(error)}; "
+                    f"the scores so far are kept in {store.directory} (rerun with --resume to score the rest)"
+                ) from error
+            finally:
+                bar.close()
     finally:
         store.close()  # whatever arrived is kept, even when the run stops with an error
         if started_here:

@@ -136,6 +136,34 @@ def test_mixed_sizes_are_batched_per_size(folder):
     assert [json.loads(line)["path"] for line in buffer.getvalue().splitlines()[1:]] == [paths[0], paths[2], paths[1]]
 
 
+@pytest.mark.parametrize("num_workers", [0, 1])
+def test_metric_sees_exactly_read_image_values(tmp_path, num_workers):
+    """8-bit files travel as bytes and become float in the scoring process; 16-bit ones stay float: the metric
+    gets the values ``read_image`` gives either way, bit for bit."""
+    from iqa_plugins.io import read_image
+
+    rng = np.random.default_rng()
+    paths = []
+    for name, array in (("rgb.jpg", rng.integers(0, 256, (40, 56, 3), dtype=np.uint8)),
+                        ("grey16.png", rng.integers(0, 65536, (40, 56), dtype=np.uint16))):
+        Image.fromarray(array).save(tmp_path / name)
+        paths.append(str(tmp_path / name))
+
+    class Keeper:
+        device = torch.device("cpu")
+
+        def __call__(self, batch):
+            seen.append(batch.clone())
+            return batch.mean(dim=(1, 2, 3)).unsqueeze(1)
+
+    seen = []
+    rows = list(score_paths(paths, [_loaded(Keeper())], batch_size=2, num_workers=num_workers))
+    assert len(rows) == 2 and not [r for r in rows if isinstance(r, Failure)]
+    for path, batch in zip(paths, seen):
+        assert batch.dtype == torch.float32
+        assert torch.equal(batch[0], torch.from_numpy(read_image(path).transpose(2, 0, 1).copy()))
+
+
 @pytest.mark.slow
 def test_pyiqa_command_scores_a_folder(fresh, console_script, folder):
     for bad in ("fake.jpg", "tiny.png"):

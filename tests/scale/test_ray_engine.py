@@ -160,6 +160,50 @@ def test_a_killed_worker_loses_nothing_and_duplicates_nothing(cluster, tmp_path,
         assert row["drexperts"] == pytest.approx(by_uri[row["path"]], rel=1e-6, abs=1e-7)
 
 
+class _FailsAfterFirstCall:
+    """A metric that raises an error scoring cannot handle per image (a full disk) from its second call on,
+    in the actors only: the driver builds it to check the options, as the command does."""
+
+    def __init__(self, metric, driver_pid):
+        self.inner, self.driver_pid, self.calls = metric, driver_pid, 0
+
+    def __getattr__(self, name):
+        if name == "inner":
+            raise AttributeError(name)
+        return getattr(self.inner, name)
+
+    def __call__(self, batch):
+        self.calls += 1
+        if os.getpid() != self.driver_pid and self.calls >= 2:
+            raise OSError(28, "No space left on device")
+        return self.inner(batch)
+
+
+def test_a_job_that_stops_part_way_says_why_in_one_line_and_resumes(cluster, tmp_path, options, write_photos):
+    from ray import cloudpickle
+
+    from iqa_plugins.scale.ray_engine import RayJobError
+
+    cloudpickle.register_pickle_by_value(sys.modules[__name__])
+    paths = write_photos(tmp_path / "imgs", [(96, 128)] * 6)
+    out = tmp_path / "scores.csv"
+    driver = os.getpid()
+
+    def failing(name, device=None, **kwargs):
+        return _FailsAfterFirstCall(create_metric(name, device=device, **kwargs), driver)
+
+    with pytest.raises(RayJobError) as stopped:
+        score_with_ray([str(tmp_path / "imgs")], "drexperts", out, metric_options=options, num_workers=1,
+                       batch_size=1, progress=False, metric_factory=failing)
+    message = str(stopped.value)
+    assert "\n" not in message and "OSError: [Errno 28] No space left on device" in message
+    assert str(tmp_path / "scores.csv.shards") in message and "--resume" in message
+    resumed = score_with_ray([str(tmp_path / "imgs")], "drexperts", out, metric_options=options,
+                             num_workers=WORKERS, batch_size=2, progress=False, resume=True)
+    assert resumed.already_done + resumed.scored == len(paths) and not resumed.failures
+    assert sorted(_csv_scores(out)) == sorted(str(p) for p in paths)  # each image once
+
+
 def test_resume_skips_done_images(cluster, tmp_path, options, write_photos):
     folder = tmp_path / "imgs"
     write_photos(folder, [(96, 128)] * 3)
