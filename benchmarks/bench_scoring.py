@@ -8,18 +8,20 @@ Model: DR.Experts, small config (the demo's size), random weights installed as t
 benchmark-local TORCH_HOME, so `pyiqa drexperts -t DIR` and `iqa-plugins score DIR --metric drexperts` load the
 same file without options. Input: N = 48 JPEG photos of 512x384 (crops of scikit-image's photos, quality 90: the
 decoding cost of real photos of this size; 512 on a GPU). Cases, all in one run so their ratios share the machine's load:
-- `bare_loop/*`: `metric(batch)` on tensors already decoded and stacked, batches of 8 (the command's default), at
-  torch's default thread count and at the policy's;
+- `bare_loop/torch_defaults`, `bare_loop/policy`: `metric(batch)` on tensors already decoded and stacked, batches
+  of 8 (the command's default), under torch's defaults and under the command's thread policy;
 - `loop/command`, `loop/pyiqa_command`: each command's scoring loop on the N images with its model already built:
-  decode (DataLoader workers) + score + CSV write at the thread policy for `iqa-plugins score`, one path at a time
-  through `metric(path)` for `pyiqa drexperts -t DIR` (its command's loop);
+  decode + score + CSV write under the thread policy for `iqa-plugins score`, one path at a time through
+  `metric(path)` for `pyiqa drexperts -t DIR` (its command's loop). The bare loops and the command's loop run
+  in fresh processes (`scoring_loops.py`): libgomp fixes its spin setting when torch is imported;
 - `entry_point/command`, `entry_point/pyiqa_command`: each command's own entry point on the N images, called in
   this process (imports paid once, the model built in every run, as a command does);
 - `start_up/command`, `start_up/pyiqa_command`: a fresh process of each command on one image, start to exit
-  (the time to the first score of one image);
-- `policy/<load>/<config>`: the command on N images with the default policy, the previous defaults (2 decoding
-  workers, torch's default threads, spinning OpenMP waits) and one thread with no worker, on the machine as it is
-  and with one competing process spinning on a core;
+  (the time to the first score of one image); `start_up/imports_floor`: a fresh process that only imports what
+  building the model needs (torch, open_clip and what it imports), the floor under both;
+- `policy/<load>/<config>`: the command on N images with the default policy, with one decoding process and
+  torch on the other cores (OpenMP threads asleep at once: the policy it replaced) and with libgomp's long spin,
+  on the machine as it is and with one competing process spinning on a core;
 - `ray/workers<k>`: the Ray engine's Python API (`image_paths_dataset` + `map_batches(ImageScorer)`) with k CPU
   actors (one torch thread each) on a local cluster started here, on 8 N images; the job's start-up (time to the
   first result: actors import torch and build the model) and the pool's rate after it, and the scaling
@@ -30,6 +32,7 @@ The module writes `scoring.json` (environment, load average per case, images/s, 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import subprocess
@@ -104,7 +107,7 @@ def _write() -> None:
     summary: dict[str, float | None] = {}
     for scope in ("loop", "entry_point"):
         ours, theirs = _results.get(f"{scope}/command"), _results.get(f"{scope}/pyiqa_command")
-        for name in ("torch_default_threads", "policy_threads"):
+        for name in ("torch_defaults", "policy"):
             bare = _results.get(f"bare_loop/{name}")
             if bare and ours:
                 summary[f"command_{scope}_over_bare_loop_{name}"] = ours["images_per_s"] / bare["images_per_s"]
@@ -113,6 +116,8 @@ def _write() -> None:
     for tool in ("command", "pyiqa_command"):
         if f"start_up/{tool}" in _results:
             summary[f"{tool}_first_score_of_one_image_s"] = _results[f"start_up/{tool}"]["median_s"]
+    if "start_up/imports_floor" in _results:
+        summary["imports_floor_s"] = _results["start_up/imports_floor"]["median_s"]
     ray1, ray2 = _results.get("ray/workers1"), _results.get("ray/workers2")
     if ray1 and ray2 and ray1.get("steady_images_per_s") and ray2.get("steady_images_per_s"):
         summary["ray_scaling_efficiency_2_workers"] = ray2["steady_images_per_s"] / (2 * ray1["steady_images_per_s"])
@@ -140,35 +145,30 @@ def _time_process(args: list[str], env: dict, rounds: int) -> list[float]:
     return seconds
 
 
-@pytest.mark.parametrize("threads", ["torch_default_threads", "policy_threads"])
-def test_bare_loop(benchmark, setup, bench_mode, threads):
-    from iqa_plugins.io import read_image
-    from iqa_plugins.metric_factory import create_metric
-    from iqa_plugins.runtime import plan_threads
+def _loop_in_child(case: str, setup: dict, rounds: int) -> dict:
+    """`scoring_loops.py CASE` in a fresh process (its own OpenMP setting); its timings and thread counts."""
+    args = [sys.executable, "-I", str(Path(__file__).parent / "scoring_loops.py"), case,
+            str(setup["folders"]["all"]), str(setup["weights"]), setup["device"].type, str(rounds), str(BATCH)]
+    result = subprocess.run(args, capture_output=True, text=True, env=setup["env"], timeout=900)
+    if result.returncode != 0:
+        raise RuntimeError(f"scoring_loops.py {case} failed ({result.returncode}): {result.stderr[-2000:]}")
+    return json.loads(result.stdout.strip().splitlines()[-1])
 
-    device = setup["device"]
-    default_threads = torch.get_num_threads()
-    use = default_threads if threads == "torch_default_threads" else plan_threads(device.type).torch_threads
-    metric = create_metric("drexperts", device=device, pretrained_model_path=str(setup["weights"]))
-    images = [torch.from_numpy(read_image(p).transpose(2, 0, 1).copy())
-              for p in sorted(setup["folders"]["all"].iterdir())]
-    batches = [torch.stack(images[i:i + BATCH]).to(device) for i in range(0, len(images), BATCH)]
 
-    def run():
-        with torch.inference_mode():
-            for batch in batches:
-                metric(batch)
-        common.synchronize(device)
+# bare loops under torch's defaults and under the command's policy, and the command's own loop
+LOOP_CASES = {"bare_torch_defaults": "bare_loop/torch_defaults", "bare_policy": "bare_loop/policy",
+              "command": "loop/command"}
 
-    torch.set_num_threads(use)
-    try:
-        run()  # warm-up
-        benchmark.pedantic(run, rounds=1 if bench_mode == "quick" else 3, iterations=1)
-    finally:
-        torch.set_num_threads(default_threads)
-    median = benchmark.stats.stats.median
-    _record(f"bare_loop/{threads}", {"device_type": device.type, "torch_threads": use, "images": len(images),
-                                     "median_s": median, "images_per_s": len(images) / median}, benchmark)
+
+@pytest.mark.parametrize("case", list(LOOP_CASES))
+def test_scoring_loop(benchmark, setup, bench_mode, case):
+    measured = _loop_in_child(case, setup, rounds=1 if bench_mode == "quick" else 5)
+    benchmark.pedantic(lambda: None, rounds=1, iterations=1)  # the timings are the child process's
+    median = float(np.median(measured["seconds"]))
+    _record(LOOP_CASES[case], {"device_type": setup["device"].type, "images": measured["images"],
+                               "torch_threads": measured["torch_threads"], "workers": measured["workers"],
+                               "rounds_s": measured["seconds"], "median_s": median,
+                               "images_per_s": measured["images"] / median}, benchmark)
 
 
 def _command(tool: str, folder: Path, device: torch.device, extra: list[str] = ()) -> list[str]:
@@ -201,47 +201,29 @@ def _run_in_process(tool: str, argv: list[str]) -> None:
         raise RuntimeError(f"{tool} {' '.join(argv)} exited with {status}")
 
 
-def _scoring_loop(tool: str, setup: dict):
-    """The command's loop after its model is built: the timed part of a long scoring job."""
-    folder, device = setup["folders"]["all"], setup["device"]
-    if tool == "command":
-        from iqa_plugins.runtime import apply_plan, plan_threads
-        from iqa_plugins.scoring import Failure, collect_images, load_metric, score_paths
-        from iqa_plugins.scoring_output import ScoreWriter
+def _pyiqa_scoring_loop(setup: dict):
+    """pyiqa's command's loop after its model is built: one path at a time through `metric(path)`."""
+    import pyiqa
+    from pyiqa.utils import scandir_images
 
-        metric = load_metric("drexperts", {}, str(device))
-        paths, _ = collect_images([str(folder)])
-        plan = plan_threads(device.type)
+    metric = pyiqa.create_metric("drexperts", device=setup["device"])
 
-        def run():
-            apply_plan(plan)
-            with open(setup["root"] / "loop.csv", "w", newline="") as handle:
-                writer = ScoreWriter(handle, "csv", [metric.spec])
-                for row in score_paths(paths, [metric], batch_size=BATCH, num_workers=plan.workers):
-                    assert not isinstance(row, Failure), row  # every benchmark photo scores
-                    writer.write(row)
-            assert sum(1 for _ in open(setup["root"] / "loop.csv")) == len(paths) + 1
-    else:
-        import pyiqa
-        from pyiqa.utils import scandir_images
-
-        metric = pyiqa.create_metric("drexperts", device=device)
-
-        def run():
-            for target in scandir_images(str(folder)):  # pyiqa's command: one file at a time, path in
-                metric(target).item()
+    def run():
+        for target in scandir_images(str(setup["folders"]["all"])):
+            metric(target).item()
     return run
 
 
 # the entry points build the model every run: seconds more per round, so CI's quick mode skips them
-@pytest.mark.parametrize("scope", ["loop", pytest.param("entry_point", marks=pytest.mark.slow)])
-@pytest.mark.parametrize("tool", ["command", "pyiqa_command"])
+@pytest.mark.parametrize("scope, tool", [("loop", "pyiqa_command"),
+                                         pytest.param("entry_point", "command", marks=pytest.mark.slow),
+                                         pytest.param("entry_point", "pyiqa_command", marks=pytest.mark.slow)])
 def test_command_throughput(benchmark, setup, bench_mode, monkeypatch, tool, scope):
     monkeypatch.setenv("TORCH_HOME", setup["env"]["TORCH_HOME"])  # the benchmark's checkpoint as the default
     threads = torch.get_num_threads()
     try:
         if scope == "loop":
-            run = _scoring_loop(tool, setup)
+            run = _pyiqa_scoring_loop(setup)
         else:
             argv = _command(tool, setup["folders"]["all"], setup["device"])
             _run_in_process(tool, _command(tool, setup["folders"]["one"], setup["device"]))  # warm-up
@@ -257,11 +239,19 @@ def test_command_throughput(benchmark, setup, bench_mode, monkeypatch, tool, sco
                                 "median_s": median, "images_per_s": setup["count"] / median}, benchmark)
 
 
+# What any process that builds DR.Experts imports (open_clip imports timm, torchvision, torch._dynamo and
+# transformers): the floor under both commands' start-up.
+IMPORTS_FLOOR = "import torch, open_clip"
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("tool", ["command", "pyiqa_command"])
+@pytest.mark.parametrize("tool", ["command", "pyiqa_command", "imports_floor"])
 def test_first_score_of_one_image(benchmark, setup, tool):
-    program = [str(BIN / "iqa-plugins")] if tool == "command" else [str(BIN / "pyiqa")]
-    args = program + _command(tool, setup["folders"]["one"], setup["device"])
+    if tool == "imports_floor":
+        args = [sys.executable, "-I", "-c", IMPORTS_FLOOR]
+    else:
+        program = [str(BIN / "iqa-plugins")] if tool == "command" else [str(BIN / "pyiqa")]
+        args = program + _command(tool, setup["folders"]["one"], setup["device"])
     _time_process(args, setup["env"], 1)  # warm the file cache
     seconds = _time_process(args, setup["env"], 3)
     benchmark.pedantic(lambda: None, rounds=1, iterations=1)  # the timings are the fresh processes' above
@@ -286,9 +276,11 @@ def _competing_load(kind: str) -> Iterator[None]:
 
 POLICY_CONFIGS = {
     "default": ([], {}),
-    # the previous defaults: min(4, cores) decoding workers, torch's default threads, spinning OpenMP waits
-    "threads_all_workers2": (["--workers", "2", "--threads", str(os.cpu_count() or 1)], {"OMP_WAIT_POLICY": "ACTIVE"}),
-    "threads1_workers0": (["--workers", "0", "--threads", "1"], {}),
+    # one decoding process and torch on the cores it leaves, waiting OpenMP threads asleep at once
+    "split_passive": (["--workers", "1", "--threads", str(max(1, (os.cpu_count() or 1) - 1))],
+                      {"OMP_WAIT_POLICY": "PASSIVE"}),
+    # the default split of the cores with libgomp's own long spin
+    "default_long_spin": ([], {"GOMP_SPINCOUNT": "300000"}),
 }
 
 

@@ -23,7 +23,7 @@ from typing import Any
 import yaml
 
 from iqa_plugins.io import DEFAULT_MIN_SIDE
-from iqa_plugins.runtime import ThreadPlan, apply_plan, plan_threads, quiet_openmp_waits
+from iqa_plugins.runtime import ThreadPlan, apply_plan, bound_openmp_spin, plan_threads
 from iqa_plugins.scoring import DTYPES, Failure, LoadedMetric, MetricLoadError, collect_images, load_metric, score_paths
 from iqa_plugins.scoring_output import (
     ErrorLog,
@@ -58,7 +58,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dtype", choices=sorted(DTYPES), default="fp32", help="autocast precision")
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--workers", type=int, default=None,
-                        help="decoding processes (default: 1 on CPU, all cores but one on CUDA; "
+                        help="decoding processes (default on CPU: 0 below 4 cores, decoding between batches, else 1; "
+                        "on CUDA: all cores but one; "
                         "--engine ray: per actor, default 0)")
     parser.add_argument("--threads", type=int, default=None,
                         help="torch threads (default: the cores the decoding workers leave free; "
@@ -213,7 +214,7 @@ def _thread_plan(args: argparse.Namespace, device: str, images: int) -> ThreadPl
 
 
 def main(args: argparse.Namespace) -> int:
-    quiet_openmp_waits()  # effective only before torch is imported, which the checks below may do
+    bound_openmp_spin()  # effective only before torch is imported, which the checks below may do
     if args.engine == "ray":
         from iqa_plugins.scale.ray_command import run_ray_engine
 

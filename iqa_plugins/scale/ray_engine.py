@@ -143,9 +143,9 @@ class ImageScorer:
                  explain: bool = False, min_side: int = DEFAULT_MIN_SIDE, batch_size: int = 8,
                  decode_workers: int = 0, dtype: str = "fp32", threads: int | None = None,
                  device: str | None = None, metric_factory: Callable[..., Any] | None = None) -> None:
-        from iqa_plugins.runtime import quiet_openmp_waits
+        from iqa_plugins.runtime import bound_openmp_spin
 
-        quiet_openmp_waits()
+        bound_openmp_spin()
         import torch
 
         torch.set_num_threads(max(1, int(threads or _assigned("CPU") or 1)))

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import pytest
 
-from iqa_plugins.runtime import plan_threads, quiet_openmp_waits
+from iqa_plugins.runtime import plan_threads, bound_openmp_spin
 
 
 @pytest.mark.parametrize(
     "device, cores, threads, workers",
-    [("cpu", 1, 1, 0), ("cpu", 2, 1, 1), ("cpu", 16, 15, 1), ("cuda", 2, 1, 1), ("cuda", 16, 1, 15)],
+    [("cpu", 1, 1, 0), ("cpu", 2, 2, 0), ("cpu", 3, 3, 0), ("cpu", 4, 3, 1), ("cpu", 16, 15, 1),
+     ("cuda", 2, 1, 1), ("cuda", 16, 1, 15)],
 )
 def test_defaults_split_the_cores(device, cores, threads, workers):
     plan = plan_threads(device, cores=cores)
@@ -38,27 +39,17 @@ def test_invalid_values_name_the_option(threads, workers, message):
         plan_threads("cpu", threads=threads, workers=workers, cores=2)
 
 
-def test_openmp_wait_policy_respects_the_users_setting(monkeypatch):
-    monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
-    quiet_openmp_waits()
+def test_openmp_spin_is_bounded_unless_the_user_chose(monkeypatch):
     import os
 
-    assert os.environ["OMP_WAIT_POLICY"] == "PASSIVE"
+    for name in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT"):
+        monkeypatch.delenv(name, raising=False)
+    bound_openmp_spin()
+    assert os.environ["GOMP_SPINCOUNT"] == "1000" and "OMP_WAIT_POLICY" not in os.environ
+    monkeypatch.setenv("GOMP_SPINCOUNT", "50")
+    bound_openmp_spin()
+    assert os.environ["GOMP_SPINCOUNT"] == "50"
+    monkeypatch.delenv("GOMP_SPINCOUNT")
     monkeypatch.setenv("OMP_WAIT_POLICY", "ACTIVE")
-    quiet_openmp_waits()
-    assert os.environ["OMP_WAIT_POLICY"] == "ACTIVE"
-
-
-@pytest.mark.slow
-def test_command_warns_and_refuses(fresh, console_script, tmp_path, write_photos):
-    write_photos(tmp_path / "imgs", [(48, 64)] * 2)
-    base = [console_script("iqa-plugins"), "score", str(tmp_path / "imgs"), "--metric", "piqe", "-q",
-            "--batch-size", "1", "--device", "cpu"]
-    warned = fresh([*base, "--threads", "64", "--workers", "1"])
-    assert warned.returncode == 0, warned.stderr
-    assert "warning: 64 torch thread(s) and 1 decoding worker(s) oversubscribe" in warned.stderr
-    refused = fresh([*base, "--threads", "0"])
-    assert refused.returncode == 2 and "--threads must be >= 1" in refused.stderr
-    ray_only = fresh([*base, "--num-workers", "2", "--output", str(tmp_path / "s.csv")])
-    assert ray_only.returncode == 2 and "--num-workers: only with --engine ray" in ray_only.stderr
-    assert not (tmp_path / "s.csv").exists()
+    bound_openmp_spin()
+    assert "GOMP_SPINCOUNT" not in os.environ and os.environ["OMP_WAIT_POLICY"] == "ACTIVE"
