@@ -13,7 +13,8 @@ decoding cost of real photos of this size; 512 on a GPU). Cases, all in one run 
 - `loop/command`, `loop/pyiqa_command`: each command's scoring loop on the N images with its model already built:
   decode + score + CSV write under the thread policy for `iqa-plugins score`, one path at a time through
   `metric(path)` for `pyiqa drexperts -t DIR` (its command's loop). The bare loops and the command's loop run
-  in fresh processes (`scoring_loops.py`): libgomp fixes its spin setting when torch is imported;
+  in fresh processes (`scoring_loops.py`): libgomp fixes its spin setting when torch is imported; they run
+  again with one competing process spinning on a core (`.../competing`);
 - `entry_point/command`, `entry_point/pyiqa_command`: each command's own entry point on the N images, called in
   this process (imports paid once, the model built in every run, as a command does);
 - `start_up/command`, `start_up/pyiqa_command`: a fresh process of each command on one image, start to exit
@@ -113,6 +114,13 @@ def _write() -> None:
                 summary[f"command_{scope}_over_bare_loop_{name}"] = ours["images_per_s"] / bare["images_per_s"]
         if ours and theirs:
             summary[f"command_{scope}_over_pyiqa_command_{scope}"] = ours["images_per_s"] / theirs["images_per_s"]
+    competing = {name: _results.get(f"{key}/competing") for name, key in LOOP_CASES.items()}
+    if competing["command"] and competing["bare_torch_defaults"]:
+        summary["competing_command_loop_over_bare_loop_torch_defaults"] = (
+            competing["command"]["images_per_s"] / competing["bare_torch_defaults"]["images_per_s"])
+    if competing["bare_policy"] and competing["bare_torch_defaults"]:
+        summary["competing_bare_loop_policy_over_torch_defaults"] = (
+            competing["bare_policy"]["images_per_s"] / competing["bare_torch_defaults"]["images_per_s"])
     for tool in ("command", "pyiqa_command"):
         if f"start_up/{tool}" in _results:
             summary[f"{tool}_first_score_of_one_image_s"] = _results[f"start_up/{tool}"]["median_s"]
@@ -160,12 +168,17 @@ LOOP_CASES = {"bare_torch_defaults": "bare_loop/torch_defaults", "bare_policy": 
               "command": "loop/command"}
 
 
+@pytest.mark.parametrize("load", ["as_is", pytest.param("competing", marks=pytest.mark.slow)])
 @pytest.mark.parametrize("case", list(LOOP_CASES))
-def test_scoring_loop(benchmark, setup, bench_mode, case):
-    measured = _loop_in_child(case, setup, rounds=1 if bench_mode == "quick" else 5)
+def test_scoring_loop(benchmark, setup, bench_mode, case, load):
+    if load == "competing" and setup["device"].type != "cpu":
+        pytest.skip("the competing process takes a CPU core")
+    with _competing_load(load):
+        measured = _loop_in_child(case, setup, rounds=1 if bench_mode == "quick" else 5)
     benchmark.pedantic(lambda: None, rounds=1, iterations=1)  # the timings are the child process's
     median = float(np.median(measured["seconds"]))
-    _record(LOOP_CASES[case], {"device_type": setup["device"].type, "images": measured["images"],
+    key = LOOP_CASES[case] if load == "as_is" else f"{LOOP_CASES[case]}/competing"
+    _record(key, {"device_type": setup["device"].type, "images": measured["images"],
                                "torch_threads": measured["torch_threads"], "workers": measured["workers"],
                                "rounds_s": measured["seconds"], "median_s": median,
                                "images_per_s": measured["images"] / median}, benchmark)
