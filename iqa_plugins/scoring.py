@@ -1,7 +1,7 @@
 """Batched scoring of image files with one or several pyiqa no-reference metrics (ours included).
 
 Data path: collect paths -> DataLoader (workers decode; a bad file becomes a :class:`Failure`, never an
-exception) -> group each batch by image size (only same-size images can be stacked) -> every metric on
+exception) -> group each batch by image size and stack it (only same-size images can be stacked) -> every metric on
 the same decoded batch (or the arch's ``explain`` when explanations are asked for) -> one row per image.
 
 :func:`score_paths` is the engine-independent core: it takes paths and loaded metrics and yields rows
@@ -209,17 +209,20 @@ class _ImageFiles:
         return index, torch.from_numpy(np.ascontiguousarray(array.transpose(2, 0, 1))), None
 
 
-def _collate(items):
-    return items  # images differ in size; grouping happens in the main process
+def _collate(items) -> tuple[list[tuple[int, str]], list[tuple[list[int], Any]]]:
+    """A loader batch as (failures: (index, reason)), (groups: (indices, stacked pixels)): only images of one
+    size and pixel type can be stacked. Stacking here puts it in the decoding workers, and the stacked groups
+    are what the loader pins for CUDA (pinning per image would be undone by stacking afterwards)."""
+    import torch
 
-
-def _group_by_size(items) -> Iterator[tuple[list[int], list]]:
+    failures = [(index, reason) for index, _, reason in items if reason is not None]
     groups: dict[tuple, tuple[list[int], list]] = {}
-    for index, tensor, _ in items:
-        indices, tensors = groups.setdefault((tuple(tensor.shape), tensor.dtype), ([], []))
-        indices.append(index)
-        tensors.append(tensor)
-    yield from groups.values()
+    for index, tensor, reason in items:
+        if reason is None:
+            indices, tensors = groups.setdefault((tuple(tensor.shape), tensor.dtype), ([], []))
+            indices.append(index)
+            tensors.append(tensor)
+    return failures, [(indices, torch.stack(tensors)) for indices, tensors in groups.values()]
 
 
 def _unit_float(batch):
@@ -303,13 +306,12 @@ def score_paths(
     bar = tqdm(total=len(paths), unit="img", disable=not progress, file=sys.stderr)
     try:
         with torch.inference_mode(), autocast:
-            for items in loader:
-                for index, _, reason in items:
-                    if reason is not None:
-                        yield Failure(paths[index], reason)
-                for indices, tensors in _group_by_size([item for item in items if item[2] is None]):
-                    batch = _unit_float(torch.stack(tensors).to(device, non_blocking=True))
+            for failures, groups in loader:
+                for index, reason in failures:
+                    yield Failure(paths[index], reason)
+                for indices, pixels in groups:
+                    batch = _unit_float(pixels.to(device, non_blocking=True))
                     yield from _score_group([paths[i] for i in indices], metrics, batch)
-                bar.update(len(items))
+                bar.update(len(failures) + sum(len(indices) for indices, _ in groups))
     finally:
         bar.close()

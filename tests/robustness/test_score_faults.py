@@ -293,8 +293,8 @@ def test_several_metrics_decode_each_image_once(cli, good_images, tmp_path, monk
 
     folder, good = good_images
     decoded = []
-    real = scoring.read_image
-    monkeypatch.setattr(scoring, "read_image", lambda path, **kw: decoded.append(path) or real(path, **kw))
+    real = scoring.read_pixels
+    monkeypatch.setattr(scoring, "read_pixels", lambda path, **kw: decoded.append(path) or real(path, **kw))
     both = tmp_path / "both.jsonl"
     assert score(cli, folder, "--metric", CHEAP, "--metric", OTHER, "-o", both).code == 0
     assert sorted(decoded) == good
