@@ -39,12 +39,14 @@ BENCH_CASES = {
                        "test_gpu_diff_attention and fwd and not fwd_bwd and ((vit_n197_d64 and bfloat16 and "
                        "(fused or two_sdpa)) or (drexperts_m1_n577_d384 and fused))"),
     "drexperts": ("bench_drexperts.py", "(test_drexperts_paths and 64) or test_expert_stage_host_time"),
+    "scoring": ("bench_scoring.py", "test_scoring_loop and as_is"),
 }
 TARGETS = {
     "fused_vs_two_sdpa_n197_d64_bf16": 1.5,
     "m1_n577_d384_bandwidth_fraction": 0.7,
     "drexperts_fast_vs_literal_batch64": 3.0,
     "drexperts_host_work_ratio_batch1": 5.0,
+    "scoring_command_loop_over_bare_loop": 0.9,
 }
 
 
@@ -148,6 +150,11 @@ def evaluate_targets(out: Path) -> dict[str, Any]:
             batch: {k: v for k, v in info.items() if "ratio" in k or k.endswith("experts_as_heads")
                     or k.endswith("per_expert_calls")}
             for batch, info in host["results"].items()}
+    scoring = _load(out / "scoring.json")
+    if scoring:
+        values["scoring_command_loop_over_bare_loop"] = scoring["summary"].get(
+            "command_loop_over_bare_loop_torch_defaults")
+        details["scoring_images_per_s"] = {k: v["images_per_s"] for k, v in scoring["results"].items()}
     verdicts = {name: None if values[name] is None else bool(values[name] >= goal) for name, goal in TARGETS.items()}
     return {"targets": TARGETS, "measured": values, "met": verdicts, "details": details}
 

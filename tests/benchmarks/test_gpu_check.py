@@ -52,7 +52,14 @@ def test_targets_are_read_from_benchmark_files(gpu_check, tmp_path: Path) -> Non
         "batch1": {"ratio_per_expert_over_heads_median": 6.0, "attention/ratio_per_expert_over_heads_median": 8.0},
         "batch64": {"ratio_per_expert_over_heads_median": 2.0},
     }}))
+    (tmp_path / "scoring.json").write_text(json.dumps({
+        "summary": {"command_loop_over_bare_loop_torch_defaults": 0.93, "command_loop_over_bare_loop_policy": 0.5},
+        "results": {"loop/command": {"images_per_s": 930.0}, "bare_loop/torch_defaults": {"images_per_s": 1000.0}},
+    }))
     result = gpu_check.evaluate_targets(tmp_path)
+    assert result["measured"]["scoring_command_loop_over_bare_loop"] == 0.93  # against torch's defaults
+    assert result["met"]["scoring_command_loop_over_bare_loop"]
+    assert result["details"]["scoring_images_per_s"]["loop/command"] == 930.0
     assert result["measured"]["drexperts_host_work_ratio_batch1"] == 6.0
     assert result["met"]["drexperts_host_work_ratio_batch1"]
     assert result["details"]["drexperts_host"]["batch1"]["attention/ratio_per_expert_over_heads_median"] == 8.0
