@@ -73,6 +73,7 @@ def _photo(index: int) -> Image.Image:
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory, bench_mode, bench_device):
+    pytest.importorskip("skimage", reason="the benchmark's photos are scikit-image's bundled ones")
     from iqa_plugins.archs.drexperts_arch import DEFAULT_WEIGHTS, DRExperts, save_pretrained
 
     root = tmp_path_factory.mktemp("scoring")
