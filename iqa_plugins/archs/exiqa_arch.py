@@ -42,6 +42,7 @@ from iqa_plugins.archs.clip_towers import create_clip, encode_prompts
 from iqa_plugins.archs.configs import resolve_named_config
 from iqa_plugins.archs.crops import crop_offsets, upscale_to_min_side
 from iqa_plugins.archs.input_check import check_image_batch
+from iqa_plugins.archs.pretrained_cfgs import EXIQA
 from iqa_plugins.kernels import attribute_scores
 from iqa_plugins.kernels.attribute_scorer import group_softmax
 from iqa_plugins.weights import (
@@ -84,14 +85,8 @@ ATTRIBUTE_SETS: dict[str, Path] = {
 }
 CHECKPOINT_FORMAT = "iqa_plugins.exiqa/1"
 
-DEFAULT_WEIGHTS = WeightsSpec(
-    filename="ExIQA_kadid10k.pth",
-    how_to_make=(
-        "no ExIQA weights have been published; train them with `iqa-plugins train exiqa` (phase 1 on a set "
-        "labelled with the 25 distortion strengths, phase 2 on MOS) or in Python with "
-        "iqa_plugins.train.exiqa_phases.train_phase1/train_phase2, then save_pretrained(model, path)"
-    ),
-)
+# The trained variants (KADID-10k by default, TID2013, CSIQ, LIVE) are rows of archs.pretrained_cfgs.EXIQA.
+DEFAULT_WEIGHTS: WeightsSpec = EXIQA.variant().weights
 
 # Named size configurations. "paper" is the paper's model; "small" is the same code at toy size, for tests and
 # demos (a random tiny CLIP: no weights exist for it).
@@ -388,7 +383,8 @@ class ExIQA(nn.Module):
 
     Args:
         pretrained: load the default checkpoint ``ExIQA_kadid10k.pth`` (from pyiqa's cache; none is published,
-            so this raises WeightsNotFoundError saying how to train it). False: random weights on purpose.
+            so this raises WeightsNotFoundError saying how to train it); a data set name ("tid2013") or variant
+            tag ("tid"): that variant's file (see ``archs.pretrained_cfgs.EXIQA``). False: random weights on purpose.
         pretrained_model_path: a checkpoint to load (the compact ``iqa_plugins.exiqa/1`` format, or pyiqa's
             ``{"params": state_dict}``); used whatever ``pretrained`` says.
         config: "paper" (ViT-B/32, 100 prompt tokens), "small" (tiny CLIP, same code) or a dict of overrides
@@ -404,7 +400,7 @@ class ExIQA(nn.Module):
 
     def __init__(
         self,
-        pretrained: bool = True,
+        pretrained: bool | str = True,
         pretrained_model_path: str | None = None,
         config: str | Mapping[str, Any] | None = None,
         *,
@@ -417,8 +413,9 @@ class ExIQA(nn.Module):
         super().__init__()
         checkpoint, source = None, None
         if pretrained_model_path is not None or pretrained:
-            checkpoint = load_checkpoint(resolve_weights(DEFAULT_WEIGHTS, pretrained_model_path))
-            source = str(pretrained_model_path or DEFAULT_WEIGHTS.filename)
+            weights = EXIQA.variant(pretrained or True).weights
+            checkpoint = load_checkpoint(resolve_weights(weights, pretrained_model_path))
+            source = str(pretrained_model_path or weights.filename)
         compact = isinstance(checkpoint, dict) and checkpoint.get("format") == CHECKPOINT_FORMAT
         if checkpoint is not None and not compact and not (isinstance(checkpoint, dict) and "params" in checkpoint):
             raise ValueError(

@@ -132,6 +132,15 @@ def _model(args: argparse.Namespace, preset: ExIQAPreset | None):
         ) from None
 
 
+def _trained_variant(args: argparse.Namespace) -> str | None:
+    """The variant a model trained on a shipped attribute set is (``--attributes`` or the preset's); None
+    (the default variant) for an attribute file of one's own."""
+    from iqa_plugins.archs.pretrained_cfgs import EXIQA
+
+    name = args.attributes or (get_preset(args.preset).attributes if args.preset else None)
+    return name if any(name == cfg.dataset for cfg in EXIQA.variants.values()) else None
+
+
 def _shard(dataset: Dataset, rank: int, world: int) -> Dataset:
     """Every world-th item from rank: disjoint shards that together hold each item exactly once."""
     return dataset if world == 1 else Subset(dataset, range(rank, len(dataset), world))
@@ -241,5 +250,5 @@ def train_exiqa(args: argparse.Namespace) -> int:
     if args.install_to_cache:
         from iqa_plugins.train.runner import install_to_cache
 
-        print(f"installed to the cache: {install_to_cache(args.out, 'ExIQA')}")
+        print(f"installed to the cache: {install_to_cache(args.out, 'ExIQA', _trained_variant(args))}")
     return 0
