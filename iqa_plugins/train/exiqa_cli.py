@@ -20,7 +20,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
 
 from iqa_plugins.io import require_readable
-from iqa_plugins.split_files import split_rows
+from iqa_plugins.split_files import folder_split_rows
 from iqa_plugins.train.exiqa_presets import (
     DEFAULT_PHASE1_EPOCHS,
     DEFAULT_PHASE2_EPOCHS,
@@ -65,16 +65,9 @@ def add_exiqa_arguments(group: argparse._ArgumentGroup) -> None:
     group.add_argument("--out", type=Path, help="where to write the trained compact checkpoint")
 
 
-def _rows(data: Path, split_index: int, phase: str) -> list[int] | None:
-    split_file = data / "split.pkl"
-    if not split_file.is_file():
-        return None
-    return split_rows(split_file, split_index, phase)  # untrusted like any data file: no code runs
-
-
 def _image_paths(args: argparse.Namespace, phase: str) -> list[Path]:
     """The images one phase of the split lists (phase 1: ``strengths.csv``; phase 2: the score table)."""
-    rows = _rows(args.data, args.split_index, phase)
+    rows = folder_split_rows(args.data, args.split_index, phase)
     if args.phase == 2:
         return [path for path, _ in MOSDataset(args.data / args.meta_csv, args.data / "images", rows, None).items]
     table = args.data / "strengths.csv"
@@ -161,7 +154,7 @@ def run_phase(args: argparse.Namespace) -> dict[str, Any] | None:
     preset = get_preset(args.preset) if args.preset else None
     rank, world = init_distributed(args.launcher)
     device = "cuda" if args.device != "cpu" and torch.cuda.is_available() else "cpu"
-    held_out = "test" if (_rows(args.data, args.split_index, "test") or []) else "val"  # data checked first
+    held_out = "test" if (folder_split_rows(args.data, args.split_index, "test") or []) else "val"  # data checked first
     for phase in ("train", held_out):
         require_readable(_image_paths(args, phase), f"--data {str(args.data)!r} ({phase} images)")
     model = _model(args, preset).to(device)
@@ -170,7 +163,7 @@ def run_phase(args: argparse.Namespace) -> dict[str, Any] | None:
     quiet = getattr(args, "quiet", False)
 
     def dataset(phase: str, train: bool) -> tuple[Dataset, bool]:
-        rows = _rows(args.data, args.split_index, phase)
+        rows = folder_split_rows(args.data, args.split_index, phase)
         # The crops input trains on random crops and scores whole images at their own resolution, which
         # batch only when they share a size: one image per batch then.
         learns_from_crops = crops and train and args.phase == 1

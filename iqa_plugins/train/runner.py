@@ -18,7 +18,6 @@ import csv
 import json
 import logging
 import math
-import pickle
 import shutil
 import statistics
 import sys
@@ -32,6 +31,7 @@ import numpy as np
 import torch
 
 from iqa_plugins.files import atomic_path
+from iqa_plugins.split_files import save_splits
 from iqa_plugins.train.progress import TrainingProgress
 from iqa_plugins.train.registry import register_training
 
@@ -461,7 +461,7 @@ def _split_options(opt: dict[str, Any], index: int, split_file: Path, train_meta
     return run_opt
 
 
-def _split_rows(index: int, split: dict[str, list[int]], result: RunResult) -> list[dict[str, Any]]:
+def _table_rows(index: int, split: dict[str, list[int]], result: RunResult) -> list[dict[str, Any]]:
     """The results table's rows of one split: one per validation data set."""
     return [{
         "split": index, "dataset": dataset, "train_rows": len(split["train"]), "val_rows": len(split["val"]),
@@ -519,7 +519,7 @@ def train_splits(
     summary_root.mkdir(parents=True, exist_ok=True)
     split_file = summary_root / f"random_splits_{num_splits}x{round(train_ratio * 100)}_seed{seed}.pkl"
     if opt["rank"] == 0:
-        split_file.write_bytes(pickle.dumps(splits, protocol=4))
+        save_splits(split_file, splits)
     if opt["dist"]:
         dist.barrier()
 
@@ -530,7 +530,7 @@ def train_splits(
         runs.append(result)
         if report is not None and opt["rank"] == 0:
             report(f"split {index}/{num_splits}: {result.summary}")
-        rows += _split_rows(index, splits[index], result)
+        rows += _table_rows(index, splits[index], result)
     table = _results_table(opt, num_splits, train_ratio, seed, rows)
     if opt["rank"] == 0 and rows:
         _write_results(summary_root, table)
