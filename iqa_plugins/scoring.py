@@ -262,6 +262,20 @@ def _score_group(paths: list[str], metrics: list[LoadedMetric], batch) -> Iterat
             yield from _score_group([path], metrics, batch[i:i + 1])
 
 
+def _score_items(items: list, paths: list[str], metrics: list[LoadedMetric], device: Any
+                 ) -> Iterator[dict[str, Any] | Failure]:
+    """One loader batch: a failure for each image that did not decode, then the others' rows, scored in
+    batches of images of one size."""
+    import torch
+
+    for index, _, reason in items:
+        if reason is not None:
+            yield Failure(paths[index], reason)
+    for indices, tensors in _group_by_size([item for item in items if item[2] is None]):
+        batch = torch.stack(tensors).to(device, non_blocking=True)
+        yield from _score_group([paths[i] for i in indices], metrics, batch)
+
+
 def score_paths(
     paths: list[str],
     metrics: list[LoadedMetric],
@@ -293,12 +307,7 @@ def score_paths(
     try:
         with torch.inference_mode(), autocast:
             for items in loader:
-                for index, _, reason in items:
-                    if reason is not None:
-                        yield Failure(paths[index], reason)
-                for indices, tensors in _group_by_size([item for item in items if item[2] is None]):
-                    batch = torch.stack(tensors).to(device, non_blocking=True)
-                    yield from _score_group([paths[i] for i in indices], metrics, batch)
+                yield from _score_items(items, paths, metrics, device)
                 bar.update(len(items))
     finally:
         bar.close()

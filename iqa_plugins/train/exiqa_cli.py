@@ -139,11 +139,73 @@ def _shard(dataset: Dataset, rank: int, world: int) -> Dataset:
     return dataset if world == 1 else Subset(dataset, range(rank, len(dataset), world))
 
 
+def _phase_dataset(args: argparse.Namespace, model, phase: str, train: bool) -> tuple[Dataset, bool]:
+    """The data set of one split phase for the phase being trained, and whether it gives whole images
+    (one per batch: the crops input scores images at their own resolution, which batch only at one size)."""
+    from iqa_plugins.train.exiqa_phases import StrengthsDataset
+
+    size = int(model.config["image_size"])
+    crops = model.config["input"] == "crops"
+    rows = folder_split_rows(args.data, args.split_index, phase)
+    learns_from_crops = crops and train and args.phase == 1  # random crops for distortion identification
+    whole = crops and not learns_from_crops
+    if args.phase == 1:
+        data = StrengthsDataset(args.data, model.attribute_set.distortion_slugs,
+                                phase=phase if rows is not None else None, split_index=args.split_index,
+                                image_size=None if whole else size, random_crops=learns_from_crops)
+    else:
+        data = MOSDataset(args.data / args.meta_csv, args.data / "images", rows, None if whole else size)
+    return data, whole
+
+
+def _train_loader(args: argparse.Namespace, train_set: Dataset, whole: bool, rank: int, world: int) -> DataLoader:
+    batch = 1 if whole else args.batch_size
+    if args.phase == 1 and world > 1:  # equal shard lengths (DDP steps together), reshuffled every epoch
+        sampler = DistributedSampler(train_set, world, rank, shuffle=True, seed=args.seed)
+        return DataLoader(train_set, batch_size=batch, sampler=sampler, num_workers=args.workers)
+    return DataLoader(_shard(train_set, rank, world), batch_size=batch, shuffle=True, num_workers=args.workers)
+
+
+def _train(args: argparse.Namespace, model, loader: DataLoader, preset: ExIQAPreset | None, device: str,
+           progress: TrainingProgress) -> dict[str, Any]:
+    """The phase's training, with the command line's settings, else the preset's, else the paper's."""
+    from iqa_plugins.train import exiqa_phases as phases
+
+    if args.phase == 1:
+        mode = args.mode or (preset.mode if preset else "prompt")
+        epochs = args.epochs or (preset.phase1_epochs if preset else DEFAULT_PHASE1_EPOCHS)
+        lr = args.lr or (preset.phase1_lr if preset else None)
+        return phases.train_phase1(model, loader, epochs, lr, mode=mode, device=device, progress=progress)
+    epochs = args.epochs or (preset.phase2_epochs if preset else DEFAULT_PHASE2_EPOCHS)
+    return phases.train_phase2(model, loader, epochs, args.lr or 1e-3, mos_range=_mos_range(args),
+                               lower_better=args.lower_better, batch_size=args.batch_size, device=device,
+                               progress=progress, seed=args.seed)
+
+
+def _mos_range(args: argparse.Namespace) -> tuple[float, float] | None:
+    return tuple(args.mos_range) if args.mos_range else None
+
+
+def _evaluate_and_save(args: argparse.Namespace, model, held_out: str, device: str) -> dict[str, Any]:
+    """The held-out figures of the trained model; writes the checkpoint."""
+    from iqa_plugins.archs.exiqa_arch import save_pretrained
+    from iqa_plugins.train import exiqa_phases as phases
+
+    held_set, whole = _phase_dataset(args, model, held_out, False)
+    held_loader = DataLoader(held_set, batch_size=1 if whole else args.batch_size, shuffle=False,
+                             num_workers=args.workers)
+    if args.phase == 1:
+        figures = phases.evaluate_distortions(model, held_loader, device=device)
+    else:
+        figures = phases.evaluate_quality(model, held_loader, mos_range=_mos_range(args),
+                                          lower_better=args.lower_better, device=device)
+    save_pretrained(model.cpu(), args.out, metadata={"trained_by": f"iqa-plugins train exiqa --phase {args.phase}"})
+    return figures
+
+
 def run_phase(args: argparse.Namespace) -> dict[str, Any] | None:
     """Train one phase as the arguments say; returns the evaluation figures (also written as JSON), on rank 0
     (None on the other ranks of a ``--launcher pytorch`` run)."""
-    from iqa_plugins.archs.exiqa_arch import save_pretrained
-    from iqa_plugins.train import exiqa_phases as phases
     from iqa_plugins.train.options import init_distributed
 
     if args.data is None or args.out is None:
@@ -158,59 +220,14 @@ def run_phase(args: argparse.Namespace) -> dict[str, Any] | None:
     for phase in ("train", held_out):
         require_readable(_image_paths(args, phase), f"--data {str(args.data)!r} ({phase} images)")
     model = _model(args, preset).to(device)
-    size = int(model.config["image_size"])
-    crops = model.config["input"] == "crops"
-    quiet = getattr(args, "quiet", False)
-
-    def dataset(phase: str, train: bool) -> tuple[Dataset, bool]:
-        rows = folder_split_rows(args.data, args.split_index, phase)
-        # The crops input trains on random crops and scores whole images at their own resolution, which
-        # batch only when they share a size: one image per batch then.
-        learns_from_crops = crops and train and args.phase == 1
-        whole = crops and not learns_from_crops
-        if args.phase == 1:
-            data = phases.StrengthsDataset(args.data, model.attribute_set.distortion_slugs,
-                                           phase=phase if rows is not None else None,
-                                           split_index=args.split_index, image_size=None if whole else size,
-                                           random_crops=learns_from_crops)
-        else:
-            data = MOSDataset(args.data / args.meta_csv, args.data / "images", rows, None if whole else size)
-        return data, whole
-
-    train_set, whole = dataset("train", True)
-    batch = 1 if whole else args.batch_size
-    if args.phase == 1 and world > 1:  # equal shard lengths (DDP steps together), reshuffled every epoch
-        sampler = DistributedSampler(train_set, world, rank, shuffle=True, seed=args.seed)
-        train_loader = DataLoader(train_set, batch_size=batch, sampler=sampler, num_workers=args.workers)
-    else:
-        train_loader = DataLoader(_shard(train_set, rank, world), batch_size=batch, shuffle=True,
-                                  num_workers=args.workers)
-    mos_range = tuple(args.mos_range) if args.mos_range else None
+    train_set, whole = _phase_dataset(args, model, "train", True)
     label = f"exiqa phase {args.phase}" + (f" ({args.preset})" if preset else "")
-    progress = TrainingProgress(label, enabled=rank == 0 and not quiet)
-    if args.phase == 1:
-        mode = args.mode or (preset.mode if preset else "prompt")
-        epochs = args.epochs or (preset.phase1_epochs if preset else DEFAULT_PHASE1_EPOCHS)
-        lr = args.lr or (preset.phase1_lr if preset else None)
-        history = phases.train_phase1(model, train_loader, epochs, lr, mode=mode, device=device, progress=progress)
-    else:
-        epochs = args.epochs or (preset.phase2_epochs if preset else DEFAULT_PHASE2_EPOCHS)
-        history = phases.train_phase2(model, train_loader, epochs, args.lr or 1e-3, mos_range=mos_range,
-                                      lower_better=args.lower_better, batch_size=args.batch_size, device=device,
-                                      progress=progress, seed=args.seed)
-    summary = progress.summary()
+    progress = TrainingProgress(label, enabled=rank == 0 and not getattr(args, "quiet", False))
+    history = _train(args, model, _train_loader(args, train_set, whole, rank, world), preset, device, progress)
+    summary = progress.summary()  # of the training alone
     report = None
     if rank == 0:  # the held-out figures and the files: once
-        held_set, whole = dataset(held_out, False)
-        held_loader = DataLoader(held_set, batch_size=1 if whole else args.batch_size, shuffle=False,
-                                 num_workers=args.workers)
-        if args.phase == 1:
-            figures = phases.evaluate_distortions(model, held_loader, device=device)
-        else:
-            figures = phases.evaluate_quality(model, held_loader, mos_range=mos_range,
-                                              lower_better=args.lower_better, device=device)
-        save_pretrained(model.cpu(), args.out,
-                        metadata={"trained_by": f"iqa-plugins train exiqa --phase {args.phase}"})
+        figures = _evaluate_and_save(args, model, held_out, device)
         report = {"phase": args.phase, "held_out": held_out, "figures": figures, "summary": summary,
                   "epoch_loss": history.get("epoch_loss"), "checkpoint": str(args.out)}
         Path(f"{args.out}.json").write_text(json.dumps(report, indent=1, default=float))

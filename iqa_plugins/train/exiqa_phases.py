@@ -503,7 +503,7 @@ def train_phase2(
     shift, scale = attrs.mean(0), attrs.std(0, correction=0).clamp_min(_MIN_ATTR_STD)
     standardised = (attrs - shift) / scale
     batches: Iterable = loader
-    if cache_attributes:
+    if cache_attributes:  # the table itself, shuffled
         size = batch_size or getattr(loader, "batch_size", None) or 32
         batches = DataLoader(TensorDataset(standardised, targets), batch_size=size, shuffle=True, generator=generator)
     optimizer = torch.optim.AdamW(model.regressor.parameters(), lr=lr, weight_decay=weight_decay)
