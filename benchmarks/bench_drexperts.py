@@ -111,19 +111,8 @@ def test_drexperts_paths(benchmark, model, bench_device, bench_mode, path: str, 
     assert out.shape == (batch,) and torch.isfinite(out).all()
     peak = common.peak_memory_bytes(run, bench_device)
     rounds = 1 if bench_mode == "quick" or on_cpu else 10
-    benchmark.pedantic(run, rounds=rounds, iterations=1, warmup_rounds=0)
-    median = benchmark.stats.stats.median
-    info = {
-        "device": common.device_name(bench_device),
-        "path": path,
-        "dtype": dtype,
-        "batch": batch,
-        "median_s": median,
-        "images_per_s": batch / median,
-        "peak_memory_bytes": peak,
-        "rounds": benchmark.stats.stats.rounds,
-    }
-    benchmark.extra_info.update(info)
+    info = common.pedantic_images(benchmark, run, rounds, bench_device, batch, path=path, dtype=dtype,
+                                  peak_memory_bytes=peak)
     _results[f"{path}/{dtype}/batch{batch}"] = info
     _write(bench_device, bench_mode)
 

@@ -80,8 +80,7 @@ def test_exiqa_vs_peers_speed(benchmark, built, bench_device, bench_mode, model:
     if model not in built:
         built[model] = _build(model, bench_device)
     metric = built[model]
-    height, width = common.QUICK_IMAGE_HW if bench_mode == "quick" else common.IMAGE_HW
-    x = torch.rand(batch, 3, height, width, device=bench_device)
+    x, height, width = common.random_images(batch, bench_mode, bench_device)
 
     def score() -> torch.Tensor:
         with torch.inference_mode():
@@ -91,18 +90,6 @@ def test_exiqa_vs_peers_speed(benchmark, built, bench_device, bench_mode, model:
 
     out = score()  # lazy initialisation (peers' text features) stays out of the timings
     assert out.shape[0] == batch and torch.isfinite(out).all(), f"{model} returned {out}"
-    benchmark.pedantic(score, rounds=3 if bench_mode == "full" else 1, iterations=1, warmup_rounds=0)
-    median = benchmark.stats.stats.median
-    info = {
-        "device": common.device_name(bench_device),
-        "batch": batch,
-        "height": height,
-        "width": width,
-        "median_s": median,
-        "images_per_s": batch / median,
-        "rounds": benchmark.stats.stats.rounds,
-        "protocol": PROTOCOL[model],
-        "weights": "random",
-    }
-    benchmark.extra_info.update(info)
+    info = common.pedantic_images(benchmark, score, 3 if bench_mode == "full" else 1, bench_device, batch,
+                                  height=height, width=width, protocol=PROTOCOL[model], weights="random")
     _results[f"{model}/batch{batch}"] = info

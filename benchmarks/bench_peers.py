@@ -84,8 +84,7 @@ def test_peer_speed(benchmark, peers, bench_device, bench_mode, peer: str, batch
     if peer not in peers:
         peers[peer] = build_peer(peer, bench_device)
     metric = peers[peer]
-    height, width = common.QUICK_IMAGE_HW if bench_mode == "quick" else common.IMAGE_HW
-    x = torch.rand(batch, 3, height, width, device=bench_device)
+    x, height, width = common.random_images(batch, bench_mode, bench_device)
     autocast = torch.autocast(bench_device.type, dtype=torch.bfloat16, enabled=dtype == "bfloat16")
 
     outputs: list[torch.Tensor] = []

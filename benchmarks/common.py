@@ -148,6 +148,24 @@ def synchronize(device: torch.device | str) -> None:
         torch.cuda.synchronize(device)
 
 
+def random_images(batch: int, mode: str, device: torch.device | str) -> tuple[torch.Tensor, int, int]:
+    """A batch of random RGB images in [0, 1] of the benchmarks' size (smaller in quick mode), and that size."""
+    height, width = QUICK_IMAGE_HW if mode == "quick" else IMAGE_HW
+    return torch.rand(batch, 3, height, width, device=device), height, width
+
+
+def pedantic_images(benchmark: Any, fn: Callable[[], Any], rounds: int, device: torch.device | str, batch: int,
+                    **fields: Any) -> dict[str, Any]:
+    """Time ``fn`` (one call scores ``batch`` images) in ``rounds`` pytest-benchmark rounds; the figures (device,
+    batch, ``fields``, median seconds, images/s, rounds) go into the benchmark's extra_info and are returned."""
+    benchmark.pedantic(fn, rounds=rounds, iterations=1, warmup_rounds=0)
+    median = benchmark.stats.stats.median
+    info = {"device": device_name(device), "batch": batch, **fields, "median_s": median,
+            "images_per_s": batch / median, "rounds": benchmark.stats.stats.rounds}
+    benchmark.extra_info.update(info)
+    return info
+
+
 def summarize_times(seconds: list[float]) -> dict[str, float | int]:
     """Median, spread and count of repeated timings (in seconds)."""
     if not seconds:

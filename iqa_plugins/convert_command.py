@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import copy
 from pathlib import Path
 
-from iqa_plugins.archs.drexperts_convert import DATASET_PROTOCOLS
+from iqa_plugins.archs.pretrained_cfgs import DREXPERTS
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -17,8 +18,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--daclip", default=None, help="separate DA-CLIP checkpoint (daclip_ViT-B-32.pt), if the "
                         "DR.Experts checkpoint lacks the head.* weights")
     parser.add_argument("-o", "--output", required=True, help="compact checkpoint to write (e.g. DRExperts_koniq10k.pth)")
-    parser.add_argument("--dataset", choices=sorted(DATASET_PROTOCOLS), default="koniq10k",
-                        help="training dataset: sets the test-time resize, crop count and MOS range (default koniq10k)")
+    datasets = sorted(cfg.dataset for cfg in DREXPERTS.variants.values())
+    parser.add_argument("--dataset", choices=datasets, default="koniq10k", help="training dataset: sets the test-time resize, crop count and MOS range (default koniq10k)")
     parser.add_argument("--resize", type=int, nargs=2, metavar=("H", "W"), default=None, help="override the resize")
     parser.add_argument("--no-resize", action="store_true", help="no resize before cropping")
     parser.add_argument("--num-crops", type=int, default=None, help="override the number of test crops")
@@ -29,7 +30,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def main(args: argparse.Namespace) -> int:
     from iqa_plugins.archs.drexperts_arch import DRExperts, save_pretrained
 
-    protocol = dict(DATASET_PROTOCOLS[args.dataset], dataset=args.dataset, lower_better=False)
+    protocol = {**copy.deepcopy(dict(DREXPERTS.variant(args.dataset).protocol)), "dataset": args.dataset,
+                "lower_better": False}
     if args.resize is not None:
         protocol["resize"] = list(args.resize)
     if args.no_resize:

@@ -8,29 +8,18 @@ metric is built). It is idempotent, and it raises instead of warning when it can
 
 from __future__ import annotations
 
+from iqa_plugins.archs.pretrained_cfgs import DREXPERTS, EXIQA
+
 # Arch name -> "module:Class"; the module is imported when pyiqa first builds the arch.
 ARCHS: dict[str, str] = {
     "DRExperts": "iqa_plugins.archs.drexperts_arch:DRExperts",
     "ExIQA": "iqa_plugins.archs.exiqa_arch:ExIQA",
 }
 
-# pyiqa DEFAULT_CONFIGS entries. Names avoid the substring "fid" (special-cased by pyiqa).
-METRICS: dict[str, dict] = {
-    "drexperts": {
-        "metric_opts": {"type": "DRExperts", "path": "fast"},
-        "metric_mode": "NR",
-        "lower_better": False,
-        # pyiqa's "lo, hi" form, true for the default weights (KonIQ-10k, MOS 0-100). Other weights state their
-        # own range in their protocol; score files take it from the loaded model (explanations.score_scale).
-        "score_range": "~0, ~100",
-    },
-    "exiqa": {
-        "metric_opts": {"type": "ExIQA"},
-        "metric_mode": "NR",
-        "lower_better": False,
-        "score_range": "0, 1",  # a sigmoid: the training MOS normalised to [0, 1], whatever the weights
-    },
-}
+# pyiqa DEFAULT_CONFIGS entries, from the variant tables: "drexperts" (KonIQ-10k weights, MOS 0-100), "exiqa"
+# (a sigmoid score in [0, 1]) and one "<metric>-<tag>" per trained variant. Score files take a loaded model's
+# own range from its protocol (explanations.score_scale). Names avoid the substring "fid" (special-cased by pyiqa).
+METRICS: dict[str, dict] = {**DREXPERTS.metric_entries(), **EXIQA.metric_entries()}
 
 
 class RegistrationError(RuntimeError):

@@ -220,45 +220,48 @@ def _bar(name: str, value: float, group: str) -> str:
             f'</span>{html.escape(name)} {value:.2f}</div>')
 
 
-def render_report(scores: ScoreFile, thumb_size: int = 160) -> str:
-    """The HTML page (a string) for a read score file."""
-    metrics = scores.metrics
-    only_metric = len(metrics) == 1
-    names = [m["name"] for m in metrics]
-    values = {n: [_number(r.get(n)) for r in scores.rows] for n in names}
+def _bounds(metrics: list[dict], values: dict[str, list[float | None]]) -> dict[str, list[float]]:
+    """Each metric's (lo, hi) for its bars: its score range, else the scores' own, else (0, 1)."""
     bounds = {}
     for metric in metrics:
         found = [v for v in values[metric["name"]] if v is not None]
         rng = metric.get("score_range")
         bounds[metric["name"]] = rng if rng else ([min(found), max(found)] if found else [0.0, 1.0])
-    all_present: set[str] = set()
-    body = []
-    for index, row in enumerate(scores.rows):
-        path = str(row["path"])
-        thumb = _thumbnail(path, thumb_size)
-        picture = f'<img class="thumb" alt="" src="{thumb}">' if thumb else '<span class="missing">not readable</span>'
-        cells = [f"<td>{picture}</td>", f'<td title="{html.escape(path)}">{html.escape(Path(path).name)}</td>']
-        data = {"name": Path(path).name.lower()}
-        present_here: list[str] = []
-        for i, metric in enumerate(names):
-            value = values[metric][index]
-            lo, hi = bounds[metric]
-            if value is None:
-                cells.append('<td class="num missing">-</td>')
-            else:
-                fraction = (value - lo) / (hi - lo) if hi > lo else 0.5
-                cells.append(f'<td class="num score"><div class="bar"><span class="track"><span class="fill" '
-                             f'style="width:{max(0.0, min(1.0, fraction)) * 100:.1f}%"></span></span>{value:.4g}</div></td>')
-            data[f"m{i}"] = "NaN" if value is None else repr(value)
-            present = present_distortions(explanation_groups(row, metric, only_metric))
-            present_here += [n for n, _, _ in present]
-            cells.append("<td>" + ("".join(_bar(n, v, g) for n, v, g in present[:4]) or
-                                   '<span class="missing">none present</span>') + "</td>")
-        all_present.update(present_here)
-        attributes = " ".join(f'data-{k}="{html.escape(v)}"' for k, v in data.items())
-        body.append(f'<tr {attributes} data-present="{html.escape(json.dumps(sorted(set(present_here))))}">'
-                    + "".join(cells) + "</tr>")
+    return bounds
 
+
+def _score_cell(value: float | None, lo: float, hi: float) -> str:
+    if value is None:
+        return '<td class="num missing">-</td>'
+    fraction = (value - lo) / (hi - lo) if hi > lo else 0.5
+    return (f'<td class="num score"><div class="bar"><span class="track"><span class="fill" '
+            f'style="width:{max(0.0, min(1.0, fraction)) * 100:.1f}%"></span></span>{value:.4g}</div></td>')
+
+
+def _table_row(row: dict, index: int, names: list[str], values: dict[str, list[float | None]],
+               bounds: dict[str, list[float]], thumb_size: int) -> tuple[str, set[str]]:
+    """One image's table row (thumbnail, file, each metric's score and present distortions) and the
+    distortions present in it."""
+    path = str(row["path"])
+    thumb = _thumbnail(path, thumb_size)
+    picture = f'<img class="thumb" alt="" src="{thumb}">' if thumb else '<span class="missing">not readable</span>'
+    cells = [f"<td>{picture}</td>", f'<td title="{html.escape(path)}">{html.escape(Path(path).name)}</td>']
+    data = {"name": Path(path).name.lower()}
+    present_here: set[str] = set()
+    for i, metric in enumerate(names):
+        value = values[metric][index]
+        cells.append(_score_cell(value, *bounds[metric]))
+        data[f"m{i}"] = "NaN" if value is None else repr(value)
+        present = present_distortions(explanation_groups(row, metric, len(names) == 1))
+        present_here.update(n for n, _, _ in present)
+        cells.append("<td>" + ("".join(_bar(n, v, g) for n, v, g in present[:4]) or
+                               '<span class="missing">none present</span>') + "</td>")
+    attributes = " ".join(f'data-{k}="{html.escape(v)}"' for k, v in data.items())
+    return (f'<tr {attributes} data-present="{html.escape(json.dumps(sorted(present_here)))}">' + "".join(cells)
+            + "</tr>"), present_here
+
+
+def _headers(metrics: list[dict]) -> list[str]:
     headers = ['<th>image</th>', '<th class="sortable" data-key="name" data-type="text">file</th>']
     for i, metric in enumerate(metrics):
         default = ""
@@ -268,16 +271,35 @@ def render_report(scores: ScoreFile, thumb_size: int = 160) -> str:
                        f'title="{html.escape(metric.get("meaning", ""))}">{html.escape(metric["name"])}<br>'
                        f'<small>{html.escape(_scale_text(metric))}</small></th>')
         headers.append(f"<th>{html.escape(metric['name'])}: explanation</th>")
+    return headers
+
+
+def _errors_table(errors: list[dict]) -> str:
+    if not errors:
+        return ""
+    items = "".join(f"<tr><td>{html.escape(e['path'])}</td><td>{html.escape(e['reason'])}</td></tr>" for e in errors)
+    return (f'<h2 id="skipped">Skipped files ({len(errors)})</h2><table id="errors"><thead><tr>'
+            f"<th>file</th><th>reason</th></tr></thead><tbody>{items}</tbody></table>")
+
+
+def render_report(scores: ScoreFile, thumb_size: int = 160) -> str:
+    """The HTML page (a string) for a read score file."""
+    metrics = scores.metrics
+    names = [m["name"] for m in metrics]
+    values = {n: [_number(r.get(n)) for r in scores.rows] for n in names}
+    bounds = _bounds(metrics, values)
+    all_present: set[str] = set()
+    body = []
+    for index, row in enumerate(scores.rows):
+        row_html, present = _table_row(row, index, names, values, bounds, thumb_size)
+        body.append(row_html)
+        all_present |= present
+    headers = _headers(metrics)
     options = "".join(f'<option value="{html.escape(n)}">{html.escape(n)}</option>' for n in sorted(all_present))
     cards = "".join(
         f"<li><b>{html.escape(m['name'])}</b>: {html.escape(_scale_text(m))}"
         + (f"; {html.escape(str(m['meaning']))}" if m.get("meaning") else "") + "</li>" for m in metrics)
-    errors = ""
-    if scores.errors:
-        items = "".join(f"<tr><td>{html.escape(e['path'])}</td><td>{html.escape(e['reason'])}</td></tr>"
-                        for e in scores.errors)
-        errors = (f'<h2 id="skipped">Skipped files ({len(scores.errors)})</h2><table id="errors"><thead><tr>'
-                  f"<th>file</th><th>reason</th></tr></thead><tbody>{items}</tbody></table>")
+    errors = _errors_table(scores.errors)
     rules = "; ".join(f"{group}: {rule}" for group, rule in PRESENT_RULES.items())
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8">

@@ -276,6 +276,18 @@ def _score_group(paths: list[str], metrics: list[LoadedMetric], batch) -> Iterat
             yield from _score_group([path], metrics, batch[i:i + 1])
 
 
+def _score_items(items: tuple[list[tuple[int, str]], list[tuple[list[int], Any]]], paths: list[str],
+                 metrics: list[LoadedMetric], device: Any) -> Iterator[dict[str, Any] | Failure]:
+    """One loader batch (see :func:`_collate`): a failure for each image that did not decode, then the others'
+    rows, scored in batches of images of one size."""
+    failures, groups = items
+    for index, reason in failures:
+        yield Failure(paths[index], reason)
+    for indices, pixels in groups:
+        batch = _unit_float(pixels.to(device, non_blocking=True))
+        yield from _score_group([paths[i] for i in indices], metrics, batch)
+
+
 def score_paths(
     paths: list[str],
     metrics: list[LoadedMetric],
@@ -306,12 +318,8 @@ def score_paths(
     bar = tqdm(total=len(paths), unit="img", disable=not progress, file=sys.stderr)
     try:
         with torch.inference_mode(), autocast:
-            for failures, groups in loader:
-                for index, reason in failures:
-                    yield Failure(paths[index], reason)
-                for indices, pixels in groups:
-                    batch = _unit_float(pixels.to(device, non_blocking=True))
-                    yield from _score_group([paths[i] for i in indices], metrics, batch)
-                bar.update(len(failures) + sum(len(indices) for indices, _ in groups))
+            for items in loader:
+                yield from _score_items(items, paths, metrics, device)
+                bar.update(len(items[0]) + sum(len(indices) for indices, _ in items[1]))
     finally:
         bar.close()

@@ -16,7 +16,12 @@ import pickle
 from pathlib import Path
 from typing import Any
 
-__all__ = ["SplitFileError", "load_splits", "split_rows"]
+from iqa_plugins.files import write_bytes_atomic
+
+__all__ = ["SPLIT_FILE", "SplitFileError", "folder_split_rows", "load_splits", "save_splits", "split_rows"]
+
+SPLIT_FILE = "split.pkl"
+"""The split file's name inside a data folder (the generator's and ``prepare``'s output)."""
 
 # (module, name) pairs a split file may reference: numpy integer scalars and their dtype, nothing else.
 _ALLOWED = {
@@ -84,3 +89,14 @@ def split_rows(path: str | os.PathLike, split_index: Any, phase: str) -> list[in
     if phase not in splits[split_index]:
         raise SplitFileError(f"split file {str(path)!r}: split {split_index!r} has no phase {phase!r}")
     return splits[split_index][phase]
+
+
+def folder_split_rows(folder: str | os.PathLike, split_index: Any, phase: str) -> list[int] | None:
+    """Row numbers of one phase of one split of ``folder``'s split file; None when the folder has none."""
+    path = Path(folder) / SPLIT_FILE
+    return split_rows(path, split_index, phase) if path.is_file() else None
+
+
+def save_splits(path: str | os.PathLike, splits: dict[int, dict[str, list[int]]]) -> Path:
+    """Write ``splits`` in pyiqa's split format (a protocol-4 pickle of plain dicts and lists), atomically."""
+    return write_bytes_atomic(path, pickle.dumps(splits, protocol=4))

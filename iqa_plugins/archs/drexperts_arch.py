@@ -60,6 +60,7 @@ from iqa_plugins.archs.drexperts_convert import (
     read_checkpoint,
 )
 from iqa_plugins.archs.input_check import check_image_batch
+from iqa_plugins.archs.pretrained_cfgs import DREXPERTS
 from iqa_plugins.kernels import diff_attention
 from iqa_plugins.weights import WeightsSpec, resolve_weights, save_checkpoint
 
@@ -68,14 +69,8 @@ __all__ = ["CONFIGS", "DEFAULT_WEIGHTS", "DRExperts", "resolve_config", "save_pr
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
-DEFAULT_WEIGHTS = WeightsSpec(
-    filename="DRExperts_koniq10k.pth",
-    how_to_make=(
-        "`iqa-plugins convert ckpt_epoch_N.pth --dataset koniq10k -o <cache dir>/DRExperts_koniq10k.pth` "
-        "(an official DR.Experts checkpoint; add --daclip daclip_ViT-B-32.pt if it lacks the head.* weights), "
-        "or train one with `iqa-plugins train drexperts ...`"
-    ),
-)
+# The trained variants (KonIQ-10k by default, LIVEC, SPAQ, FLIVE, BID) are rows of archs.pretrained_cfgs.DREXPERTS.
+DEFAULT_WEIGHTS: WeightsSpec = DREXPERTS.variant().weights
 
 # Named sizes of the same code. "paper": DeiT-III ViT-S/16 at 384 + DA-CLIP ViT-B/32. "small": a tiny ViT
 # of the same structure (layer scale, no pos-embed on CLS) and a tiny CLIP, for tests and demos.
@@ -157,12 +152,14 @@ class DRExperts(nn.Module):
     """DR.Experts no-reference IQA metric.
 
     Args:
-        pretrained: load weights (True) or keep a random initialisation on purpose (False).
+        pretrained: load weights (True: the default KonIQ-10k variant; a data set name such as "livec" or a
+            variant tag such as "flive": that variant's file, see ``archs.pretrained_cfgs.DREXPERTS``) or keep a
+            random initialisation on purpose (False).
         pretrained_model_path: a checkpoint path, or a list of paths merged in order (later files override
             earlier ones): the project's compact file, pyiqa's ``{"params": ...}``, an official
             ``ckpt_epoch_N.pth`` or its bare state dict, a DA-CLIP ``daclip_ViT-B-32.pt`` (controller and text
-            tower only: combine it with a file holding the rest). None: the default ``DRExperts_koniq10k.pth``
-            in pyiqa's cache (no download exists; the error says how to make it).
+            tower only: combine it with a file holding the rest). None: the variant's file (default
+            ``DRExperts_koniq10k.pth``) in pyiqa's cache (no download exists; the error says how to make it).
         config: "paper" or "small", or a dict of overrides with an optional "base". Default: the compact
             checkpoint's own config, else "paper".
         num_crops: crops averaged per image. Default: the checkpoint's test protocol (e.g. 15 for KonIQ), 1
@@ -185,7 +182,7 @@ class DRExperts(nn.Module):
 
     def __init__(
         self,
-        pretrained: bool = True,
+        pretrained: bool | str = True,
         pretrained_model_path: str | os.PathLike | Sequence[str | os.PathLike] | None = None,
         config: str | dict[str, Any] | None = None,
         num_crops: int | None = None,
@@ -195,7 +192,7 @@ class DRExperts(nn.Module):
         crop_seed: int = 0,
     ) -> None:
         super().__init__()
-        loaded = self._read(pretrained_model_path) if pretrained else []
+        loaded = self._read(pretrained_model_path, DREXPERTS.variant(pretrained).weights) if pretrained else []
         stored = [c for c in loaded if c.config is not None]
         cfg = resolve_config(config if config is not None else (stored[0].config if stored else "paper"))
         for c in stored:
@@ -234,13 +231,13 @@ class DRExperts(nn.Module):
     # construction and loading
 
     @staticmethod
-    def _read(path: Any) -> list[Converted]:
+    def _read(path: Any, weights: WeightsSpec) -> list[Converted]:
         if path is None:
-            return [read_checkpoint(resolve_weights(DEFAULT_WEIGHTS))]
+            return [read_checkpoint(resolve_weights(weights))]
         paths = [path] if isinstance(path, (str, os.PathLike)) else list(path)
         if not paths:
             raise ValueError("pretrained_model_path is an empty list")
-        return [read_checkpoint(resolve_weights(DEFAULT_WEIGHTS, p)) for p in paths]
+        return [read_checkpoint(resolve_weights(weights, p)) for p in paths]
 
     def _build(self, cfg: dict[str, Any], with_text: bool) -> None:
         self.backbone = timm.create_model(
@@ -321,14 +318,17 @@ class DRExperts(nn.Module):
         # any float precision in; the model computes in its own (autocast still applies inside)
         return check_image_batch(x, "DR.Experts").to(self.imagenet_mean.dtype)
 
-    def _prepared(self, x: Tensor) -> tuple[Tensor, list[tuple[int, int]]]:
-        """Resized (and if needed upscaled) image and the crop offsets of the protocol."""
+    def _prepared(self, x: Tensor, as_given: bool = False) -> tuple[Tensor, list[tuple[int, int]]]:
+        """Resized (and if needed upscaled) image and the crop offsets of the protocol; ``as_given``: no
+        resize and one (centre) crop, whatever the protocol."""
         x = self._check(x)
-        if self.resize is not None and tuple(x.shape[-2:]) != self.resize:
-            x = F.interpolate(x, size=self.resize, mode="bilinear", align_corners=False, antialias=True)
+        resize = None if as_given else self.resize
+        if resize is not None and tuple(x.shape[-2:]) != resize:
+            x = F.interpolate(x, size=resize, mode="bilinear", align_corners=False, antialias=True)
         size = self.arch_config["img_size"]
         x = upscale_to_min_side(x, size)
-        return x, crop_offsets(x.shape[-2], x.shape[-1], size, self.num_crops, self.crop_seed)
+        num_crops = 1 if as_given else self.num_crops
+        return x, crop_offsets(x.shape[-2], x.shape[-1], size, num_crops, self.crop_seed)
 
     def _crop(self, x: Tensor, offset: tuple[int, int]) -> Tensor:
         size = self.arch_config["img_size"]
@@ -336,9 +336,12 @@ class DRExperts(nn.Module):
         crop = x[..., top:top + size, left:left + size]
         return (crop - self.imagenet_mean.to(crop.dtype)) / self.imagenet_std.to(crop.dtype)
 
-    def forward(self, x: Tensor) -> Tensor:
-        """Quality of RGB images in [0, 1], (N, 3, H, W) -> (N, 1), averaged over the protocol's crops."""
-        image, offsets = self._prepared(x)
+    def forward(self, x: Tensor, as_given: bool = False) -> Tensor:
+        """Quality of RGB images in [0, 1], (N, 3, H, W) -> (N, 1), averaged over the protocol's crops.
+
+        ``as_given=True`` scores each image as one view without the test-time resize and crop averaging
+        (training: the data set has already cut the crops)."""
+        image, offsets = self._prepared(x, as_given)
         scores = [self.score_crops(self._crop(image, offset)) for offset in offsets]
         return torch.stack(scores, dim=1).mean(dim=1, keepdim=True)
 

@@ -40,7 +40,6 @@ from iqa_plugins.weights import load_checkpoint
 
 __all__ = [
     "COMPACT_FORMAT",
-    "DATASET_PROTOCOLS",
     "CheckpointKeyError",
     "Converted",
     "convert_daclip",
@@ -49,16 +48,6 @@ __all__ = [
 ]
 
 COMPACT_FORMAT = "iqa_plugins.drexperts/1"
-
-# The authors' test-time protocol per dataset (IQA/build.py and the training scripts) and MOS scales
-# (KonIQ MOS_zscore, LIVEC, SPAQ, FLIVE: 0-100; BID: 0-5). Higher is better on all of them.
-DATASET_PROTOCOLS: dict[str, dict[str, Any]] = {
-    "koniq10k": {"resize": [512, 384], "num_crops": 15, "mos_range": [0.0, 100.0]},
-    "livec": {"resize": None, "num_crops": 20, "mos_range": [0.0, 100.0]},
-    "spaq": {"resize": [512, 384], "num_crops": 15, "mos_range": [0.0, 100.0]},
-    "livefb": {"resize": [512, 384], "num_crops": 5, "mos_range": [0.0, 100.0]},
-    "bid": {"resize": [512, 512], "num_crops": 15, "mos_range": [0.0, 5.0]},
-}
 
 # Top-level official names that keep their name in our arch.
 _SAME_NAME = (

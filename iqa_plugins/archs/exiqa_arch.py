@@ -42,6 +42,7 @@ from iqa_plugins.archs.clip_towers import create_clip, encode_prompts
 from iqa_plugins.archs.configs import resolve_named_config
 from iqa_plugins.archs.crops import crop_offsets, upscale_to_min_side
 from iqa_plugins.archs.input_check import check_image_batch
+from iqa_plugins.archs.pretrained_cfgs import EXIQA
 from iqa_plugins.kernels import attribute_scores
 from iqa_plugins.kernels.attribute_scorer import group_softmax
 from iqa_plugins.weights import (
@@ -84,14 +85,8 @@ ATTRIBUTE_SETS: dict[str, Path] = {
 }
 CHECKPOINT_FORMAT = "iqa_plugins.exiqa/1"
 
-DEFAULT_WEIGHTS = WeightsSpec(
-    filename="ExIQA_kadid10k.pth",
-    how_to_make=(
-        "no ExIQA weights have been published; train them with `iqa-plugins train exiqa` (phase 1 on a set "
-        "labelled with the 25 distortion strengths, phase 2 on MOS) or in Python with "
-        "iqa_plugins.train.exiqa_phases.train_phase1/train_phase2, then save_pretrained(model, path)"
-    ),
-)
+# The trained variants (KADID-10k by default, TID2013, CSIQ, LIVE) are rows of archs.pretrained_cfgs.EXIQA.
+DEFAULT_WEIGHTS: WeightsSpec = EXIQA.variant().weights
 
 # Named size configurations. "paper" is the paper's model; "small" is the same code at toy size, for tests and
 # demos (a random tiny CLIP: no weights exist for it).
@@ -383,12 +378,49 @@ def resize_center_crop(x: torch.Tensor, size: int) -> torch.Tensor:
 # ------------------------------------------------------------------------------------------------------ model
 
 
+def _read_checkpoint(pretrained: bool | str, path: str | None) -> tuple[dict | None, str | None]:
+    """The checkpoint to load (``path``, else the variant's file; none with ``pretrained=False`` and no path)
+    and its name for messages; it must be a compact ExIQA checkpoint or pyiqa's ``{"params": ...}``."""
+    if path is None and not pretrained:
+        return None, None
+    weights = EXIQA.variant(pretrained or True).weights
+    checkpoint = load_checkpoint(resolve_weights(weights, path))
+    source = str(path or weights.filename)
+    if not isinstance(checkpoint, dict):
+        raise ValueError(f"checkpoint {source!r} is not a dict")
+    if checkpoint.get("format") != CHECKPOINT_FORMAT and "params" not in checkpoint:
+        raise ValueError(
+            f"checkpoint {source!r} is neither an ExIQA checkpoint (format {CHECKPOINT_FORMAT!r}) nor pyiqa's "
+            f"{{'params': state_dict}}; its top-level keys: {sorted(map(str, checkpoint))[:10]}"
+        )
+    return checkpoint, source
+
+
+def _config_and_attributes(
+    compact: Mapping[str, Any] | None, source: str | None, config: str | Mapping[str, Any] | None,
+    num_prompts: int | None, attributes_path: str | None,
+) -> tuple[dict[str, Any], AttributeSet]:
+    """The model's config and attribute set: a compact checkpoint's own (an explicit, different ``config`` or
+    ``num_prompts`` is an error), else ``config`` with ``num_prompts`` applied and the attribute file."""
+    if compact is None:
+        base = resolve_config(config)
+        cfg = resolve_config({**base, "num_prompts": int(num_prompts)}) if num_prompts is not None else base
+        return cfg, load_attribute_set(attributes_path or ATTRIBUTES_FILE)
+    cfg = resolve_config(compact["config"])
+    if config is not None and resolve_config(config) != cfg:
+        raise ValueError(f"config={config!r} differs from the config stored in checkpoint {source!r}")
+    if num_prompts is not None and int(num_prompts) != cfg["num_prompts"]:
+        raise ValueError(f"num_prompts={num_prompts} differs from the {cfg['num_prompts']} of checkpoint {source!r}")
+    return cfg, AttributeSet.from_dict(compact["attributes"], source=f"checkpoint {source!r}")
+
+
 class ExIQA(nn.Module):
     """ExIQA metric arch (pyiqa convention: ``forward(x)`` on RGB in [0, 1] -> (N, 1) score, higher better).
 
     Args:
         pretrained: load the default checkpoint ``ExIQA_kadid10k.pth`` (from pyiqa's cache; none is published,
-            so this raises WeightsNotFoundError saying how to train it). False: random weights on purpose.
+            so this raises WeightsNotFoundError saying how to train it); a data set name ("tid2013") or variant
+            tag ("tid"): that variant's file (see ``archs.pretrained_cfgs.EXIQA``). False: random weights on purpose.
         pretrained_model_path: a checkpoint to load (the compact ``iqa_plugins.exiqa/1`` format, or pyiqa's
             ``{"params": state_dict}``); used whatever ``pretrained`` says.
         config: "paper" (ViT-B/32, 100 prompt tokens), "small" (tiny CLIP, same code) or a dict of overrides
@@ -404,7 +436,7 @@ class ExIQA(nn.Module):
 
     def __init__(
         self,
-        pretrained: bool = True,
+        pretrained: bool | str = True,
         pretrained_model_path: str | None = None,
         config: str | Mapping[str, Any] | None = None,
         *,
@@ -415,42 +447,32 @@ class ExIQA(nn.Module):
         top_k: int = 3,
     ) -> None:
         super().__init__()
-        checkpoint, source = None, None
-        if pretrained_model_path is not None or pretrained:
-            checkpoint = load_checkpoint(resolve_weights(DEFAULT_WEIGHTS, pretrained_model_path))
-            source = str(pretrained_model_path or DEFAULT_WEIGHTS.filename)
-        compact = isinstance(checkpoint, dict) and checkpoint.get("format") == CHECKPOINT_FORMAT
-        if checkpoint is not None and not compact and not (isinstance(checkpoint, dict) and "params" in checkpoint):
-            raise ValueError(
-                f"checkpoint {source!r} is neither an ExIQA checkpoint (format {CHECKPOINT_FORMAT!r}) nor pyiqa's "
-                f"{{'params': state_dict}}; its top-level keys: {sorted(map(str, checkpoint))[:10]}"
-                if isinstance(checkpoint, dict)
-                else f"checkpoint {source!r} is not a dict"
-            )
-
-        overrides = None if num_prompts is None else {"num_prompts": int(num_prompts)}
-        if compact:
-            cfg = resolve_config(checkpoint["config"])
-            if config is not None and resolve_config(config) != cfg:
-                raise ValueError(f"config={config!r} differs from the config stored in checkpoint {source!r}")
-            if overrides and overrides["num_prompts"] != cfg["num_prompts"]:
-                raise ValueError(f"num_prompts={num_prompts} differs from the {cfg['num_prompts']} of checkpoint {source!r}")
-            attribute_set = AttributeSet.from_dict(checkpoint["attributes"], source=f"checkpoint {source!r}")
-        else:
-            base = resolve_config(config)
-            cfg = resolve_config({**base, **overrides}) if overrides else base
-            attribute_set = load_attribute_set(attributes_path or ATTRIBUTES_FILE)
-        self.config = cfg
-        self.attribute_set = attribute_set
+        checkpoint, source = _read_checkpoint(pretrained, pretrained_model_path)
+        compact = checkpoint is not None and checkpoint.get("format") == CHECKPOINT_FORMAT
+        self.config, self.attribute_set = _config_and_attributes(
+            checkpoint if compact else None, source, config, num_prompts, attributes_path)
         self.top_k = int(top_k)
         self.metadata: dict[str, Any] = dict(checkpoint.get("metadata") or {}) if compact else {}
+        self._build_clip(checkpoint if compact else None, checkpoint is not None and not compact, source,
+                         clip_pretrained, clip_weights_path)
+        self._build_head()
+        if compact:
+            self._load_compact(checkpoint, source)
+        elif checkpoint is not None:
+            self.load_state_dict(checkpoint["params"], strict=True)
+            self.clip_sha256 = clip_fingerprint(self.clip)
+            self.text_meta = {"prompts_sha256": self.attribute_set.sha256(), "clip_sha256": self.clip_sha256}
+        else:
+            self.refresh_text_features()
+        self._clip_sha256_as_loaded = self.clip_sha256 if self._pristine_clip else None
 
-        self.clip, clip_tag, pristine = _choose_clip(
-            cfg, checkpoint if compact else None, checkpoint is not None and not compact, source,
-            clip_pretrained, clip_weights_path,
-        )
+    def _build_clip(self, compact: Mapping[str, Any] | None, params_checkpoint: bool, source: str | None,
+                    clip_pretrained: str | None, clip_weights_path: str | None) -> None:
+        """The frozen CLIP (see :func:`_choose_clip`), what it came from, and its logit scale."""
+        self.clip, clip_tag, self._pristine_clip = _choose_clip(
+            self.config, compact, params_checkpoint, source, clip_pretrained, clip_weights_path)
         self.clip_source = {
-            "model": cfg["clip_model"],
+            "model": self.config["clip_model"],
             "pretrained": clip_tag,
             "weights_file": None if clip_weights_path is None else str(clip_weights_path),
         }
@@ -458,34 +480,28 @@ class ExIQA(nn.Module):
             p.requires_grad_(False)  # phase 1 (full fine-tuning) unfreezes explicitly
         self.scale = float(self.clip.logit_scale.detach().exp())
 
+    def _build_head(self) -> None:
+        """Prompt tokens, attribute weights, text feature buffers and the regressor, sized by CLIP and the
+        attribute set."""
         width = self.clip.visual.class_embedding.shape[-1]
         embed_dim = self.clip.visual.output_dim
-        k = int(cfg["num_prompts"])
+        k = int(self.config["num_prompts"])
         self.prompt_tokens = nn.Parameter(torch.randn(k, width) * width**-0.5) if k else None
 
-        num_attr, num_dist = attribute_set.num_attributes, attribute_set.num_distortions
+        attribute_set = self.attribute_set
+        num_attr = attribute_set.num_attributes
         self.register_buffer("group_index", torch.tensor(attribute_set.group_index, dtype=torch.long))
         self.weight_logits = nn.Parameter(torch.zeros(num_attr))  # uniform convex weights to start
         self.register_buffer("text_pos", torch.zeros(num_attr, embed_dim))
         self.register_buffer("text_neg", torch.zeros(num_attr, embed_dim))
         self.register_buffer("text_diff", torch.zeros(num_attr, embed_dim))
-        self.regressor = _make_regressor(num_attr, int(cfg["hidden"]), float(cfg["dropout"]))
+        self.regressor = _make_regressor(num_attr, int(self.config["hidden"]), float(self.config["dropout"]))
         self.register_buffer("pixel_mean", torch.tensor(OPENAI_DATASET_MEAN).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("pixel_std", torch.tensor(OPENAI_DATASET_STD).view(1, 3, 1, 1), persistent=False)
-        self._num_distortions = num_dist
+        self._num_distortions = attribute_set.num_distortions
         self._prompt_ids: torch.Tensor | None = None
         # The scale follows CLIP's logit_scale whenever a state dict is loaded into the arch.
         self.register_load_state_dict_post_hook(lambda module, _keys: module._refresh_scale())
-
-        if compact:
-            self._load_compact(checkpoint, source)
-        elif checkpoint is not None:
-            self.load_state_dict(checkpoint["params"], strict=True)
-            self.clip_sha256 = clip_fingerprint(self.clip)
-            self.text_meta = {"prompts_sha256": attribute_set.sha256(), "clip_sha256": self.clip_sha256}
-        else:
-            self.refresh_text_features()
-        self._clip_sha256_as_loaded = self.clip_sha256 if pristine else None
 
     # ------------------------------------------------------------------------------------------ weights
 

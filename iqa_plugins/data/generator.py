@@ -38,7 +38,6 @@ import hashlib
 import io
 import json
 import os
-import pickle
 import sys
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
@@ -58,6 +57,7 @@ from iqa_plugins.data.distortions import (
 )
 from iqa_plugins.files import stale_temporaries, write_bytes_atomic, write_text_atomic
 from iqa_plugins.io import IMAGE_EXTENSIONS, read_image
+from iqa_plugins.split_files import SPLIT_FILE, save_splits
 
 __all__ = [
     "ARNIQA_GROUPS",
@@ -331,7 +331,7 @@ def _write_tables(
             ["dist_name", "mos", "ref_name"],
             ([r["image"], repr(float(r["label"])), r["reference"]] for r in records),
         )
-    write_bytes_atomic(out / "split.pkl", pickle.dumps(_split_rows(records, ratios, num_splits, seed), protocol=4))
+    save_splits(out / SPLIT_FILE, _split_rows(records, ratios, num_splits, seed))
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -389,6 +389,33 @@ def generate_dataset(
         workers: processes; 1 runs in this process.
         progress: show a tqdm progress bar.
     """
+    _check_settings(variants, max_distortions, sampling, split_ratios, num_splits, workers)
+    labeller, label_name = _resolve_labeller(labeller, label_name)
+    sources = _list_pristine(Path(input_dir))
+    out = _prepare_output(Path(output_dir))
+    fingerprint = _claim_output(out, {
+        "format_version": _FORMAT_VERSION,
+        "variants": variants,
+        "max_distortions": max_distortions,
+        "seed": int(seed),
+        "sampling": sampling,
+    })
+
+    report = GenerationReport(images=len(sources))
+    report.stale_temporaries_removed = _remove_stale_temporaries(out / "images", out / "records", out)
+    jobs = [
+        _Job(str(p), str(out), variants, max_distortions, int(seed), sampling, fingerprint, label_name, labeller)
+        for p in sources
+    ]
+    _tally(report, _run_jobs(jobs, workers, progress))
+    records = _finished_records(out, sources, variants, fingerprint, label_name)
+    report.rows = len(records)
+    _write_tables(out, records, label_name, tuple(float(r) for r in split_ratios), num_splits, int(seed))
+    return report
+
+
+def _check_settings(variants: int, max_distortions: int, sampling: str, split_ratios: Sequence[float],
+                    num_splits: int, workers: int) -> None:
     if not isinstance(variants, int) or variants < 1:
         raise GeneratorError(f"variants must be a positive integer, got {variants!r}")
     if not isinstance(max_distortions, int) or not 1 <= max_distortions <= len(DISTORTIONS):
@@ -401,20 +428,24 @@ def generate_dataset(
         raise GeneratorError(f"num_splits must be a positive integer, got {num_splits!r}")
     if not isinstance(workers, int) or workers < 1:
         raise GeneratorError(f"workers must be a positive integer, got {workers!r}")
+
+
+def _resolve_labeller(labeller: Union[str, Labeller, None], label_name: str | None
+                      ) -> tuple[Labeller | None, str | None]:
+    """The labelling function and the name stored with its labels (None, None: no labels)."""
     if isinstance(labeller, str):
         if labeller not in LABELLERS:
             raise GeneratorError(f"labeller must be one of {sorted(LABELLERS)}, a callable or None, got {labeller!r}")
-        label_name = label_name or labeller
-        labeller = LABELLERS[labeller]
-    elif labeller is not None:
-        if not callable(labeller):
-            raise GeneratorError(f"labeller must be a callable, a name or None, got {type(labeller).__name__}")
-        label_name = label_name or getattr(labeller, "__name__", type(labeller).__name__)
-    else:
-        label_name = None
+        return LABELLERS[labeller], label_name or labeller
+    if labeller is None:
+        return None, None
+    if not callable(labeller):
+        raise GeneratorError(f"labeller must be a callable, a name or None, got {type(labeller).__name__}")
+    return labeller, label_name or getattr(labeller, "__name__", type(labeller).__name__)
 
-    sources = _list_pristine(Path(input_dir))
-    out = Path(output_dir)
+
+def _prepare_output(out: Path) -> Path:
+    """``out`` with its ``images`` and ``records`` folders, checked writable."""
     try:
         (out / "images").mkdir(parents=True, exist_ok=True)
         (out / "records").mkdir(parents=True, exist_ok=True)
@@ -422,13 +453,12 @@ def generate_dataset(
             raise PermissionError(errno.EACCES, "Permission denied", str(out))
     except OSError as error:
         raise GeneratorError(f"output_dir {str(out)!r} cannot be written: {error.strerror or error}") from None
-    settings = {
-        "format_version": _FORMAT_VERSION,
-        "variants": variants,
-        "max_distortions": max_distortions,
-        "seed": int(seed),
-        "sampling": sampling,
-    }
+    return out
+
+
+def _claim_output(out: Path, settings: dict) -> str:
+    """Record ``settings`` in ``out/config.json``, or refuse a folder made with others; returns the settings'
+    fingerprint, which every finished record carries."""
     config_path = out / "config.json"
     if config_path.exists():
         try:
@@ -444,15 +474,11 @@ def generate_dataset(
             )
     else:
         write_text_atomic(config_path, json.dumps(settings, indent=1))
-    fingerprint = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
+    return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
 
-    report = GenerationReport(images=len(sources))
-    report.stale_temporaries_removed = _remove_stale_temporaries(out / "images", out / "records", out)
-    jobs = [
-        _Job(str(p), str(out), variants, max_distortions, int(seed), sampling, fingerprint, label_name, labeller)
-        for p in sources
-    ]
 
+def _run_jobs(jobs: list[_Job], workers: int, progress: bool) -> list[_JobResult]:
+    """Every pristine image's job, in this process (``workers == 1``) or in a pool of spawned processes."""
     from tqdm.auto import tqdm
 
     bar = tqdm(total=len(jobs), unit="image", desc="generate", disable=not progress)
@@ -469,17 +495,22 @@ def generate_dataset(
                     bar.update(1)
     finally:
         bar.close()
+    return results
 
-    failed_sources = set()
+
+def _tally(report: GenerationReport, results: list[_JobResult]) -> None:
     for r in results:
         report.generated += r.generated
         report.skipped += r.skipped
         report.relabelled += r.relabelled
         if r.error is not None:
             report.failed.append(r.error)
-            failed_sources.add(r.source)
     report.failed.sort()
 
+
+def _finished_records(out: Path, sources: list[Path], variants: int, fingerprint: str,
+                      label_name: str | None) -> list[dict]:
+    """The records of this run's settings whose image exists (and, when labelling, carry ``label_name``)."""
     records = []
     for p in sources:
         for v in range(variants):
@@ -490,9 +521,7 @@ def generate_dataset(
             if label_name is not None and record.get("label_name") != label_name:
                 continue
             records.append(record)
-    report.rows = len(records)
-    _write_tables(out, records, label_name, tuple(float(r) for r in split_ratios), num_splits, int(seed))
-    return report
+    return records
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -271,6 +271,50 @@ def _default_workers(cpus_per_worker: float, gpus_per_worker: float) -> int:
     return max(1, int((resources.get("CPU", 1) - 1) // cpus_per_worker))
 
 
+def _scored_dataset(todo: list[str], scorer_options: dict[str, Any], workers: int, actor_cpus: float,
+                    gpus_per_worker: float):
+    """The Ray dataset of ``todo``'s score rows: batches of paths through a pool of :class:`ImageScorer` actors."""
+    import ray
+
+    ray.data.DataContext.get_current().enable_progress_bars = False
+    logging.getLogger("ray.data").setLevel(logging.WARNING)
+    batch_size = scorer_options["batch_size"]
+    return _paths_dataset(todo, batch_size).map_batches(
+        ImageScorer,
+        fn_constructor_kwargs=scorer_options,
+        batch_size=batch_size,
+        compute=ray.data.ActorPoolStrategy(size=workers),
+        num_cpus=actor_cpus,
+        num_gpus=gpus_per_worker or None,
+        batch_format="numpy",
+    )
+
+
+def _collect(scored, store: ShardStore, summary: RaySummary, total: int, progress: bool) -> None:
+    """Write the actors' rows (and their errors) to the shards as they arrive; a job that stops part way
+    becomes a :class:`RayJobError` naming the cause, what was scored staying in the shards."""
+    import ray
+    from tqdm import tqdm
+
+    bar = tqdm(total=total, unit="img", disable=not progress, file=sys.stderr)
+    try:
+        for batch in scored.iter_batches(batch_size=None, batch_format="numpy"):
+            for path, row, error in zip(batch["path"], batch["row"], batch["error"]):
+                if error:
+                    summary.failures.append(Failure(str(path), str(error)))
+                    store.add_error(str(path), str(error))
+                else:
+                    summary.scored += store.add([json.loads(row)])
+            bar.update(len(batch["path"]))
+    except ray.exceptions.RayError as error:
+        raise RayJobError(
+            f"the Ray job stopped after {summary.scored} of {total} image(s): {_root_cause(error)}; "
+            f"the scores so far are kept in {store.directory} (rerun with --resume to score the rest)"
+        ) from error
+    finally:
+        bar.close()
+
+
 def score_with_ray(
     sources: Sequence[str],
     metric: str | Sequence[str],
@@ -297,13 +341,13 @@ def score_with_ray(
 
     ``metric``/``metric_options``: as :class:`ImageScorer`. ``output`` ending in .csv/.jsonl: shards in
     ``<output>.shards/``, merged into ``output`` (the score file format) at the end; otherwise ``output`` is the
-    shard folder. ``device``: every actor's (default: CUDA when it has a GPU). ``resume``: skip images already in the shards (same metrics and options).
+    shard folder. ``device``: every actor's (default: CUDA when it has a GPU). ``resume``: skip images already in
+    the shards (same metrics and options).
     Each actor reserves ``cpus_per_worker`` CPUs for torch threads plus ``decode_workers`` CPUs for decoding
     processes of its own (worth it on GPU actors, where decoding would otherwise stall the device).
     Starts a local Ray cluster unless Ray is already initialised or ``address`` names one (``"auto"``).
     """
     import ray
-    from tqdm import tqdm
 
     started = time.perf_counter()
     names = _metric_list(metric)
@@ -323,6 +367,9 @@ def score_with_ray(
     todo = [p for p in paths if p not in done]
     summary.already_done = len(paths) - len(todo)
     actor_cpus = cpus_per_worker + decode_workers
+    scorer_options = {"metric": names, "metric_options": metric_options, "explain": explain, "min_side": min_side,
+                      "batch_size": batch_size, "dtype": dtype, "device": device, "decode_workers": decode_workers,
+                      "threads": max(1, int(cpus_per_worker)), "metric_factory": metric_factory}
     started_here = False
     try:
         if todo:
@@ -330,38 +377,8 @@ def score_with_ray(
             workers = num_workers or _default_workers(actor_cpus, gpus_per_worker)
             # an actor that would get no batch only costs its start-up
             summary.workers = workers = max(1, min(workers, math.ceil(len(todo) / batch_size)))
-            ray.data.DataContext.get_current().enable_progress_bars = False
-            logging.getLogger("ray.data").setLevel(logging.WARNING)
-            scored = _paths_dataset(todo, batch_size).map_batches(
-                ImageScorer,
-                fn_constructor_kwargs={"metric": names, "metric_options": metric_options, "explain": explain,
-                                       "min_side": min_side, "batch_size": batch_size, "dtype": dtype,
-                                       "device": device, "decode_workers": decode_workers,
-                                       "threads": max(1, int(cpus_per_worker)),
-                                       "metric_factory": metric_factory},
-                batch_size=batch_size,
-                compute=ray.data.ActorPoolStrategy(size=workers),
-                num_cpus=actor_cpus,
-                num_gpus=gpus_per_worker or None,
-                batch_format="numpy",
-            )
-            bar = tqdm(total=len(todo), unit="img", disable=not progress, file=sys.stderr)
-            try:
-                for batch in scored.iter_batches(batch_size=None, batch_format="numpy"):
-                    for path, row, error in zip(batch["path"], batch["row"], batch["error"]):
-                        if error:
-                            summary.failures.append(Failure(str(path), str(error)))
-                            store.add_error(str(path), str(error))
-                        else:
-                            summary.scored += store.add([json.loads(row)])
-                    bar.update(len(batch["path"]))
-            except ray.exceptions.RayError as error:
-                raise RayJobError(
-                    f"the Ray job stopped after {summary.scored} of {len(todo)} image(s): {_root_cause(error)}; "
-                    f"the scores so far are kept in {store.directory} (rerun with --resume to score the rest)"
-                ) from error
-            finally:
-                bar.close()
+            scored = _scored_dataset(todo, scorer_options, workers, actor_cpus, gpus_per_worker)
+            _collect(scored, store, summary, len(todo), progress)
     finally:
         store.close()  # whatever arrived is kept, even when the run stops with an error
         if started_here:

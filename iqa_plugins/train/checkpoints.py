@@ -3,21 +3,22 @@
 pyiqa's training writes ``{"params": state_dict}`` (``net_latest.pth``), which both archs load. Next to it the
 runner writes the project's compact format through the arch module's own ``save_pretrained`` (config and
 test-time protocol included, so ``pyiqa.create_metric(name, pretrained_model_path=...)`` needs no other
-argument), and ``--install-to-cache`` copies it under the metric's default file name.
+argument), and ``--install-to-cache`` copies it under the file name of the trained variant
+(``archs.pretrained_cfgs``).
 """
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-def default_weights_filename(arch_type: str) -> str:
-    """The file name ``pretrained=True`` looks for in pyiqa's cache."""
-    if arch_type not in _ARCHS:
-        raise ValueError(f"no default weights file for arch {arch_type!r}; known: {sorted(_ARCHS)}")
-    return importlib.import_module(_ARCHS[arch_type][0]).DEFAULT_WEIGHTS.filename
+from iqa_plugins.archs.pretrained_cfgs import model_cfgs
+
+
+def default_weights_filename(arch_type: str, variant: str | None = None) -> str:
+    """The file name ``pretrained=True`` (or ``pretrained=variant``: a data set or tag) looks for in pyiqa's cache."""
+    return model_cfgs(arch_type).variant(True if variant is None else variant).weights.filename
 
 
 def _val_resize(opt: dict[str, Any]) -> list[int] | None:
@@ -50,14 +51,14 @@ def _save_exiqa(opt: dict[str, Any], net, path: Path) -> Path:
     return save_pretrained(net, path, metadata={"trained_by": f"iqa-plugins train ({opt['name']})"})
 
 
-# arch type -> (module with DEFAULT_WEIGHTS, writer of the compact checkpoint from the training options)
-_ARCHS: dict[str, tuple[str, Callable[[dict[str, Any], Any, Path], Path]]] = {
-    "DRExperts": ("iqa_plugins.archs.drexperts_arch", _save_drexperts),
-    "ExIQA": ("iqa_plugins.archs.exiqa_arch", _save_exiqa),
+# arch type -> writer of the compact checkpoint from the training options
+_WRITERS: dict[str, Callable[[dict[str, Any], Any, Path], Path]] = {
+    "DRExperts": _save_drexperts,
+    "ExIQA": _save_exiqa,
 }
 
 
 def save_compact(opt: dict[str, Any], net, path: Path) -> Path | None:
     """Write ``net`` in its arch's compact format; None for archs that have none."""
-    entry = _ARCHS.get(opt["network"]["type"])
-    return None if entry is None else entry[1](opt, net, path)
+    writer = _WRITERS.get(opt["network"]["type"])
+    return None if writer is None else writer(opt, net, path)

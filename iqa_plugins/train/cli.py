@@ -62,8 +62,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--auto-resume", action="store_true", help="resume from this experiment's newest state")
     group.add_argument("--resume-state", help="resume from this training state file (single run)")
     group.add_argument("--install-to-cache", action="store_true",
-                       help="copy the trained weights into pyiqa's cache under the metric's default file name "
-                            "(off by default: they then replace what `pyiqa.create_metric(name)` loads)")
+                       help="copy the trained weights into pyiqa's cache under the file name of the --dataset's "
+                            "variant (e.g. drexperts-livec; the default metric's without --dataset). Off by "
+                            "default: they then replace what `pyiqa.create_metric(name)` loads")
     group.add_argument("--quiet", action="store_true", help="no progress bars; warnings and results only")
     exiqa = parser.add_argument_group("exiqa")
     exiqa.add_argument("--phase", type=int, choices=[1, 2], help="1: distortion identification; 2: regressor")
@@ -151,7 +152,8 @@ def train_drexperts(args: argparse.Namespace) -> int:
     weights = chosen.compact_checkpoint or chosen.checkpoint
     print(f"weights: {weights}")
     if args.install_to_cache:
-        print(f"installed to the cache: {install_to_cache(weights, arch_type)}")
+        # a shipped recipe trains its data set's variant (drexperts-livec, ...); an options file, the default
+        print(f"installed to the cache: {install_to_cache(weights, arch_type, args.dataset)}")
     return 0
 
 

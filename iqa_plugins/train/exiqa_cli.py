@@ -20,7 +20,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
 
 from iqa_plugins.io import require_readable
-from iqa_plugins.split_files import split_rows
+from iqa_plugins.split_files import folder_split_rows
 from iqa_plugins.train.exiqa_presets import (
     DEFAULT_PHASE1_EPOCHS,
     DEFAULT_PHASE2_EPOCHS,
@@ -65,16 +65,9 @@ def add_exiqa_arguments(group: argparse._ArgumentGroup) -> None:
     group.add_argument("--out", type=Path, help="where to write the trained compact checkpoint")
 
 
-def _rows(data: Path, split_index: int, phase: str) -> list[int] | None:
-    split_file = data / "split.pkl"
-    if not split_file.is_file():
-        return None
-    return split_rows(split_file, split_index, phase)  # untrusted like any data file: no code runs
-
-
 def _image_paths(args: argparse.Namespace, phase: str) -> list[Path]:
     """The images one phase of the split lists (phase 1: ``strengths.csv``; phase 2: the score table)."""
-    rows = _rows(args.data, args.split_index, phase)
+    rows = folder_split_rows(args.data, args.split_index, phase)
     if args.phase == 2:
         return [path for path, _ in MOSDataset(args.data / args.meta_csv, args.data / "images", rows, None).items]
     table = args.data / "strengths.csv"
@@ -132,16 +125,87 @@ def _model(args: argparse.Namespace, preset: ExIQAPreset | None):
         ) from None
 
 
+def _trained_variant(args: argparse.Namespace) -> str | None:
+    """The variant a model trained on a shipped attribute set is (``--attributes`` or the preset's); None
+    (the default variant) for an attribute file of one's own."""
+    from iqa_plugins.archs.pretrained_cfgs import EXIQA
+
+    name = args.attributes or (get_preset(args.preset).attributes if args.preset else None)
+    return name if any(name == cfg.dataset for cfg in EXIQA.variants.values()) else None
+
+
 def _shard(dataset: Dataset, rank: int, world: int) -> Dataset:
     """Every world-th item from rank: disjoint shards that together hold each item exactly once."""
     return dataset if world == 1 else Subset(dataset, range(rank, len(dataset), world))
 
 
+def _phase_dataset(args: argparse.Namespace, model, phase: str, train: bool) -> tuple[Dataset, bool]:
+    """The data set of one split phase for the phase being trained, and whether it gives whole images
+    (one per batch: the crops input scores images at their own resolution, which batch only at one size)."""
+    from iqa_plugins.train.exiqa_phases import StrengthsDataset
+
+    size = int(model.config["image_size"])
+    crops = model.config["input"] == "crops"
+    rows = folder_split_rows(args.data, args.split_index, phase)
+    learns_from_crops = crops and train and args.phase == 1  # random crops for distortion identification
+    whole = crops and not learns_from_crops
+    if args.phase == 1:
+        data = StrengthsDataset(args.data, model.attribute_set.distortion_slugs,
+                                phase=phase if rows is not None else None, split_index=args.split_index,
+                                image_size=None if whole else size, random_crops=learns_from_crops)
+    else:
+        data = MOSDataset(args.data / args.meta_csv, args.data / "images", rows, None if whole else size)
+    return data, whole
+
+
+def _train_loader(args: argparse.Namespace, train_set: Dataset, whole: bool, rank: int, world: int) -> DataLoader:
+    batch = 1 if whole else args.batch_size
+    if args.phase == 1 and world > 1:  # equal shard lengths (DDP steps together), reshuffled every epoch
+        sampler = DistributedSampler(train_set, world, rank, shuffle=True, seed=args.seed)
+        return DataLoader(train_set, batch_size=batch, sampler=sampler, num_workers=args.workers)
+    return DataLoader(_shard(train_set, rank, world), batch_size=batch, shuffle=True, num_workers=args.workers)
+
+
+def _train(args: argparse.Namespace, model, loader: DataLoader, preset: ExIQAPreset | None, device: str,
+           progress: TrainingProgress) -> dict[str, Any]:
+    """The phase's training, with the command line's settings, else the preset's, else the paper's."""
+    from iqa_plugins.train import exiqa_phases as phases
+
+    if args.phase == 1:
+        mode = args.mode or (preset.mode if preset else "prompt")
+        epochs = args.epochs or (preset.phase1_epochs if preset else DEFAULT_PHASE1_EPOCHS)
+        lr = args.lr or (preset.phase1_lr if preset else None)
+        return phases.train_phase1(model, loader, epochs, lr, mode=mode, device=device, progress=progress)
+    epochs = args.epochs or (preset.phase2_epochs if preset else DEFAULT_PHASE2_EPOCHS)
+    return phases.train_phase2(model, loader, epochs, args.lr or 1e-3, mos_range=_mos_range(args),
+                               lower_better=args.lower_better, batch_size=args.batch_size, device=device,
+                               progress=progress, seed=args.seed)
+
+
+def _mos_range(args: argparse.Namespace) -> tuple[float, float] | None:
+    return tuple(args.mos_range) if args.mos_range else None
+
+
+def _evaluate_and_save(args: argparse.Namespace, model, held_out: str, device: str) -> dict[str, Any]:
+    """The held-out figures of the trained model; writes the checkpoint."""
+    from iqa_plugins.archs.exiqa_arch import save_pretrained
+    from iqa_plugins.train import exiqa_phases as phases
+
+    held_set, whole = _phase_dataset(args, model, held_out, False)
+    held_loader = DataLoader(held_set, batch_size=1 if whole else args.batch_size, shuffle=False,
+                             num_workers=args.workers)
+    if args.phase == 1:
+        figures = phases.evaluate_distortions(model, held_loader, device=device)
+    else:
+        figures = phases.evaluate_quality(model, held_loader, mos_range=_mos_range(args),
+                                          lower_better=args.lower_better, device=device)
+    save_pretrained(model.cpu(), args.out, metadata={"trained_by": f"iqa-plugins train exiqa --phase {args.phase}"})
+    return figures
+
+
 def run_phase(args: argparse.Namespace) -> dict[str, Any] | None:
     """Train one phase as the arguments say; returns the evaluation figures (also written as JSON), on rank 0
     (None on the other ranks of a ``--launcher pytorch`` run)."""
-    from iqa_plugins.archs.exiqa_arch import save_pretrained
-    from iqa_plugins.train import exiqa_phases as phases
     from iqa_plugins.train.options import init_distributed
 
     if args.data is None or args.out is None:
@@ -152,63 +216,18 @@ def run_phase(args: argparse.Namespace) -> dict[str, Any] | None:
     preset = get_preset(args.preset) if args.preset else None
     rank, world = init_distributed(args.launcher)
     device = "cuda" if args.device != "cpu" and torch.cuda.is_available() else "cpu"
-    held_out = "test" if (_rows(args.data, args.split_index, "test") or []) else "val"  # data checked first
+    held_out = "test" if (folder_split_rows(args.data, args.split_index, "test") or []) else "val"  # data checked first
     for phase in ("train", held_out):
         require_readable(_image_paths(args, phase), f"--data {str(args.data)!r} ({phase} images)")
     model = _model(args, preset).to(device)
-    size = int(model.config["image_size"])
-    crops = model.config["input"] == "crops"
-    quiet = getattr(args, "quiet", False)
-
-    def dataset(phase: str, train: bool) -> tuple[Dataset, bool]:
-        rows = _rows(args.data, args.split_index, phase)
-        # The crops input trains on random crops and scores whole images at their own resolution, which
-        # batch only when they share a size: one image per batch then.
-        learns_from_crops = crops and train and args.phase == 1
-        whole = crops and not learns_from_crops
-        if args.phase == 1:
-            data = phases.StrengthsDataset(args.data, model.attribute_set.distortion_slugs,
-                                           phase=phase if rows is not None else None,
-                                           split_index=args.split_index, image_size=None if whole else size,
-                                           random_crops=learns_from_crops)
-        else:
-            data = MOSDataset(args.data / args.meta_csv, args.data / "images", rows, None if whole else size)
-        return data, whole
-
-    train_set, whole = dataset("train", True)
-    batch = 1 if whole else args.batch_size
-    if args.phase == 1 and world > 1:  # equal shard lengths (DDP steps together), reshuffled every epoch
-        sampler = DistributedSampler(train_set, world, rank, shuffle=True, seed=args.seed)
-        train_loader = DataLoader(train_set, batch_size=batch, sampler=sampler, num_workers=args.workers)
-    else:
-        train_loader = DataLoader(_shard(train_set, rank, world), batch_size=batch, shuffle=True,
-                                  num_workers=args.workers)
-    mos_range = tuple(args.mos_range) if args.mos_range else None
+    train_set, whole = _phase_dataset(args, model, "train", True)
     label = f"exiqa phase {args.phase}" + (f" ({args.preset})" if preset else "")
-    progress = TrainingProgress(label, enabled=rank == 0 and not quiet)
-    if args.phase == 1:
-        mode = args.mode or (preset.mode if preset else "prompt")
-        epochs = args.epochs or (preset.phase1_epochs if preset else DEFAULT_PHASE1_EPOCHS)
-        lr = args.lr or (preset.phase1_lr if preset else None)
-        history = phases.train_phase1(model, train_loader, epochs, lr, mode=mode, device=device, progress=progress)
-    else:
-        epochs = args.epochs or (preset.phase2_epochs if preset else DEFAULT_PHASE2_EPOCHS)
-        history = phases.train_phase2(model, train_loader, epochs, args.lr or 1e-3, mos_range=mos_range,
-                                      lower_better=args.lower_better, batch_size=args.batch_size, device=device,
-                                      progress=progress, seed=args.seed)
-    summary = progress.summary()
+    progress = TrainingProgress(label, enabled=rank == 0 and not getattr(args, "quiet", False))
+    history = _train(args, model, _train_loader(args, train_set, whole, rank, world), preset, device, progress)
+    summary = progress.summary()  # of the training alone
     report = None
     if rank == 0:  # the held-out figures and the files: once
-        held_set, whole = dataset(held_out, False)
-        held_loader = DataLoader(held_set, batch_size=1 if whole else args.batch_size, shuffle=False,
-                                 num_workers=args.workers)
-        if args.phase == 1:
-            figures = phases.evaluate_distortions(model, held_loader, device=device)
-        else:
-            figures = phases.evaluate_quality(model, held_loader, mos_range=mos_range,
-                                              lower_better=args.lower_better, device=device)
-        save_pretrained(model.cpu(), args.out,
-                        metadata={"trained_by": f"iqa-plugins train exiqa --phase {args.phase}"})
+        figures = _evaluate_and_save(args, model, held_out, device)
         report = {"phase": args.phase, "held_out": held_out, "figures": figures, "summary": summary,
                   "epoch_loss": history.get("epoch_loss"), "checkpoint": str(args.out)}
         Path(f"{args.out}.json").write_text(json.dumps(report, indent=1, default=float))
@@ -241,5 +260,5 @@ def train_exiqa(args: argparse.Namespace) -> int:
     if args.install_to_cache:
         from iqa_plugins.train.runner import install_to_cache
 
-        print(f"installed to the cache: {install_to_cache(args.out, 'ExIQA')}")
+        print(f"installed to the cache: {install_to_cache(args.out, 'ExIQA', _trained_variant(args))}")
     return 0

@@ -23,7 +23,6 @@ Naming schemes read:
 from __future__ import annotations
 
 import csv
-import pickle
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -32,6 +31,7 @@ from pathlib import Path
 import numpy as np
 
 from iqa_plugins.archs.exiqa_arch import load_attribute_set
+from iqa_plugins.split_files import SPLIT_FILE, save_splits
 
 
 @dataclass(frozen=True)
@@ -184,7 +184,7 @@ def prepare_dataset(name: str, source: str | Path, out: str | Path, *, train_rat
     train_refs = {references[k] for k in order[: max(1, round(train_ratio * len(references)))]}
     split = {1: {"train": [k for k, i in enumerate(items) if i.reference in train_refs], "val": [],
                  "test": [k for k, i in enumerate(items) if i.reference not in train_refs]}}
-    (out / "split.pkl").write_bytes(pickle.dumps(split, protocol=4))  # the generator's split format
+    save_splits(out / SPLIT_FILE, split)  # the generator's split format
     link = out / "images"
     if link.is_symlink() or link.exists():
         if not (link.is_symlink() and link.resolve() == source):

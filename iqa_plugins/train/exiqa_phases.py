@@ -34,7 +34,7 @@ from torch.utils.data import DataLoader, Dataset, TensorDataset
 from iqa_plugins.archs.crops import upscale_to_min_side
 from iqa_plugins.archs.exiqa_arch import ExIQA, resize_center_crop
 from iqa_plugins.io import read_image
-from iqa_plugins.split_files import split_rows
+from iqa_plugins.split_files import SPLIT_FILE, folder_split_rows
 from iqa_plugins.train.progress import TrainingProgress
 from iqa_plugins.train.schedule import cosine_warmup_schedule
 
@@ -103,10 +103,9 @@ class StrengthsDataset(Dataset):
                 raise ValueError(f"{str(table)!r} lacks the columns {missing}")
             rows = list(reader)
         if phase is not None:
-            split_file = self.root / "split.pkl"
-            if not split_file.is_file():
-                raise FileNotFoundError(f"StrengthsDataset: phase={phase!r} needs {str(split_file)!r}")
-            indices = split_rows(split_file, split_index, phase)  # no code runs from a data folder
+            indices = folder_split_rows(self.root, split_index, phase)  # no code runs from a data folder
+            if indices is None:
+                raise FileNotFoundError(f"StrengthsDataset: phase={phase!r} needs {str(self.root / SPLIT_FILE)!r}")
             rows = [rows[i] for i in indices]
         self.images = [self.root / image_dir / r["image"] for r in rows]
         self.strengths = torch.tensor([[float(r[s]) for s in distortion_slugs] for r in rows], dtype=torch.float32)
@@ -229,6 +228,64 @@ def _stop_everywhere(stop: bool, device: torch.device) -> bool:
     return bool(flag.item())
 
 
+def _run_epochs(batches: Iterable, epochs: int, progress: TrainingProgress, device: torch.device,
+                step: Callable[[Any], tuple[float, int]], *, set_epoch: bool = False) -> list[float]:
+    """The loop both phases share: ``epochs`` passes over ``batches`` with ``step(batch) -> (loss, images)``
+    per batch, until the progress hook stops it (on every rank at once); returns the loss of every step.
+    ``set_epoch``: tell the loader's sampler the epoch (a DistributedSampler reshuffles its shards)."""
+    step_loss: list[float] = []
+    steps_per_epoch = len(batches)  # type: ignore[arg-type]
+    for epoch in range(epochs):
+        sampler = getattr(batches, "sampler", None)
+        if set_epoch and hasattr(sampler, "set_epoch"):
+            sampler.set_epoch(epoch)
+        progress.start_epoch(epoch, epochs, steps_per_epoch)
+        for batch in batches:
+            loss, images = step(batch)
+            step_loss.append(loss)
+            if _stop_everywhere(progress.step(loss, images), device):
+                progress.end_epoch()
+                return step_loss
+        progress.end_epoch()
+    return step_loss
+
+
+def _phase1_trainable(model: ExIQA, mode: str, train_text: bool) -> list[nn.Parameter]:
+    """Freeze everything, then unfreeze what phase 1 trains: the prompt tokens and attribute weights, and in
+    "full" mode CLIP but its logit scale (its vision tower only without ``train_text``)."""
+    for p in model.parameters():
+        p.requires_grad_(False)
+    trainable = [model.weight_logits] + ([model.prompt_tokens] if model.prompt_tokens is not None else [])
+    if mode == "full":
+        clip_params = [p for name, p in model.clip.named_parameters() if name != "logit_scale"]
+        if not train_text:
+            clip_params = [p for name, p in model.clip.named_parameters() if name.startswith("visual.")]
+        trainable += clip_params
+    for p in trainable:
+        p.requires_grad_(True)
+    return trainable
+
+
+def _phase1_step_module(model: ExIQA, mode: str, train_text: bool) -> nn.Module:
+    step_module: nn.Module = _Phase1Step(model, encode_text=mode == "full" and train_text)
+    if _distributed():
+        # Built after requires_grad is set: DDP synchronises exactly the trainable parameters, and starts
+        # every process from rank 0's weights.
+        step_module = nn.parallel.DistributedDataParallel(step_module)
+    return step_module
+
+
+def _after_phase1(model: ExIQA, mode: str) -> None:
+    """Back to the arch's own state: CLIP frozen, the rest trainable, eval mode, text features current."""
+    for p in model.parameters():
+        p.requires_grad_(True)
+    for p in model.clip.parameters():
+        p.requires_grad_(False)
+    model.eval()
+    if mode == "full":
+        model.refresh_text_features()  # CLIP changed: the cached features must follow
+
+
 def train_phase1(
     model: ExIQA,
     loader: Iterable,
@@ -272,59 +329,27 @@ def train_phase1(
     device = _device_of(model, device)
     model.to(device)
     progress = _progress(progress, f"exiqa phase 1 ({mode})", on_step)
+    trainable = _phase1_trainable(model, mode, train_text)
+    step_module = _phase1_step_module(model, mode, train_text)
 
-    for p in model.parameters():
-        p.requires_grad_(False)
-    trainable = [model.weight_logits] + ([model.prompt_tokens] if model.prompt_tokens is not None else [])
-    if mode == "full":
-        clip_params = [p for name, p in model.clip.named_parameters() if name != "logit_scale"]
-        if not train_text:
-            clip_params = [p for name, p in model.clip.named_parameters() if name.startswith("visual.")]
-        trainable += clip_params
-    for p in trainable:
-        p.requires_grad_(True)
-    step_module: nn.Module = _Phase1Step(model, encode_text=mode == "full" and train_text)
-    if _distributed():
-        # Built after requires_grad is set: DDP synchronises exactly the trainable parameters, and starts
-        # every process from rank 0's weights.
-        step_module = nn.parallel.DistributedDataParallel(step_module)
-
-    steps_per_epoch = len(loader)  # type: ignore[arg-type]
-    total = epochs * steps_per_epoch
-    warmup = round((epochs / 5 if warmup_epochs is None else warmup_epochs) * steps_per_epoch)
+    total = epochs * len(loader)  # type: ignore[arg-type]
+    warmup = round((epochs / 5 if warmup_epochs is None else warmup_epochs) * len(loader))  # type: ignore[arg-type]
     optimizer = torch.optim.AdamW(trainable, lr=lr, weight_decay=weight_decay)
     schedule = cosine_warmup_schedule(optimizer, total, min(warmup, total))
     world = torch.distributed.get_world_size() if _distributed() else 1
 
+    def step(batch: Any) -> tuple[float, int]:
+        images, strengths = _unpack(batch, ("strengths", "label"))
+        images, strengths = images.to(device), strengths.to(device)
+        loss = distortion_loss(step_module(images), strengths)
+        return _optimiser_step(loss, optimizer, schedule), len(images) * world
+
     model.train()
-    step_loss: list[float] = []
-    stop = False
     first_epoch = len(progress.epoch_loss)
     try:
-        for epoch in range(epochs):
-            if stop:
-                break
-            sampler = getattr(loader, "sampler", None)
-            if hasattr(sampler, "set_epoch"):
-                sampler.set_epoch(epoch)
-            progress.start_epoch(epoch, epochs, steps_per_epoch)
-            for batch in loader:
-                images, strengths = _unpack(batch, ("strengths", "label"))
-                images, strengths = images.to(device), strengths.to(device)
-                loss = distortion_loss(step_module(images), strengths)
-                step_loss.append(_optimiser_step(loss, optimizer, schedule))
-                stop = _stop_everywhere(progress.step(step_loss[-1], len(images) * world), device)
-                if stop:
-                    break
-            progress.end_epoch()
+        step_loss = _run_epochs(loader, epochs, progress, device, step, set_epoch=True)
     finally:
-        for p in model.parameters():
-            p.requires_grad_(True)
-        for p in model.clip.parameters():
-            p.requires_grad_(False)
-        model.eval()
-        if mode == "full":
-            model.refresh_text_features()  # CLIP changed: the cached features must follow
+        _after_phase1(model, mode)
     return {"mode": mode, "epochs": epochs, "steps": len(step_loss), "lr": lr,
             "epoch_loss": progress.epoch_loss[first_epoch:], "step_loss": step_loss}
 
@@ -403,6 +428,24 @@ def _centre_output(regressor: nn.Sequential, inputs: torch.Tensor, targets: torc
     regressor[-1].bias += (goal - mean_logit).to(regressor[-1].bias)
 
 
+def _freeze_all_but_regressor(model: ExIQA) -> None:
+    for p in model.parameters():
+        p.requires_grad_(False)
+    for p in model.regressor.parameters():
+        p.requires_grad_(True)
+
+
+def _seed_phase2(seed: int | None) -> torch.Generator | None:
+    """The generator of the cached table's shuffling, with dropout seeded alike; under ``torch.distributed``
+    seed 0 unless given (every process trains the same regressor on the same whole table)."""
+    if _distributed() and seed is None:
+        seed = 0
+    if seed is None:
+        return None
+    torch.manual_seed(seed)  # dropout: the same masks in every process
+    return torch.Generator().manual_seed(seed)
+
+
 def train_phase2(
     model: ExIQA,
     loader: Iterable,
@@ -451,61 +494,40 @@ def train_phase2(
         raise ValueError(f"epochs must be >= 1, got {epochs}")
     device = _device_of(model, device)
     model.to(device)
-    for p in model.parameters():
-        p.requires_grad_(False)
-    for p in model.regressor.parameters():
-        p.requires_grad_(True)
-
+    _freeze_all_but_regressor(model)
     progress = _progress(progress, "exiqa phase 2", on_step)
-    if _distributed():
-        if not cache_attributes:
-            raise ValueError("train_phase2 under torch.distributed needs cache_attributes=True")
-        seed = 0 if seed is None else seed
+    if _distributed() and not cache_attributes:
+        raise ValueError("train_phase2 under torch.distributed needs cache_attributes=True")
     attrs, targets = _attribute_table(model, loader, device, mos_range, lower_better)
-    generator = None
-    if seed is not None:
-        generator = torch.Generator().manual_seed(seed)
-        torch.manual_seed(seed)  # dropout: the same masks in every process
+    generator = _seed_phase2(seed)
     shift, scale = attrs.mean(0), attrs.std(0, correction=0).clamp_min(_MIN_ATTR_STD)
     standardised = (attrs - shift) / scale
-    if cache_attributes:
+    batches: Iterable = loader
+    if cache_attributes:  # the table itself, shuffled
         size = batch_size or getattr(loader, "batch_size", None) or 32
-        batches: Iterable = DataLoader(TensorDataset(standardised, targets), batch_size=size, shuffle=True,
-                                       generator=generator)
-    else:
-        batches = loader
-    steps_per_epoch = len(batches)  # type: ignore[arg-type]
+        batches = DataLoader(TensorDataset(standardised, targets), batch_size=size, shuffle=True, generator=generator)
     optimizer = torch.optim.AdamW(model.regressor.parameters(), lr=lr, weight_decay=weight_decay)
-    schedule = cosine_warmup_schedule(optimizer, epochs * steps_per_epoch, 0)
+    schedule = cosine_warmup_schedule(optimizer, epochs * len(batches), 0)  # type: ignore[arg-type]
+
+    def step(batch: Any) -> tuple[float, int]:
+        if cache_attributes:
+            attr, target = batch
+        else:
+            images, mos = _unpack(batch, ("mos_label", "mos", "label"))
+            with torch.no_grad():
+                attr, _ = model.attribute_outputs(images.to(device))
+            attr = (attr.float() - shift) / scale
+            target = _normalise_mos(mos, mos_range, lower_better).to(device)
+        pred = model.score_from_attributes(attr).squeeze(1)
+        return _optimiser_step(F.mse_loss(pred.float(), target.float()), optimizer, schedule), len(target)
 
     _standardise_first_layer(model.regressor[0], shift, scale)
     _centre_output(model.regressor, standardised, targets)
     model.eval()
     model.regressor.train()  # dropout only where it belongs
-    step_loss: list[float] = []
     first_epoch = len(progress.epoch_loss)
-    stop = False
     try:
-        for epoch in range(epochs):
-            if stop:
-                break
-            progress.start_epoch(epoch, epochs, steps_per_epoch)
-            for batch in batches:
-                if cache_attributes:
-                    attr, target = batch
-                else:
-                    images, mos = _unpack(batch, ("mos_label", "mos", "label"))
-                    with torch.no_grad():
-                        attr, _ = model.attribute_outputs(images.to(device))
-                    attr = (attr.float() - shift) / scale
-                    target = _normalise_mos(mos, mos_range, lower_better).to(device)
-                pred = model.score_from_attributes(attr).squeeze(1)
-                loss = F.mse_loss(pred.float(), target.float())
-                step_loss.append(_optimiser_step(loss, optimizer, schedule))
-                stop = _stop_everywhere(progress.step(step_loss[-1], len(target)), device)
-                if stop:
-                    break
-            progress.end_epoch()
+        step_loss = _run_epochs(batches, epochs, progress, device, step)
     finally:
         _unstandardise_first_layer(model.regressor[0], shift, scale)
         for name, p in model.named_parameters():

@@ -8,8 +8,11 @@ pyiqa's ``{"params": state_dict}`` format — is pyiqa's):
 * A per-iteration lr schedule (``scheduler: {type: WarmupStepLR, warmup_epochs, decay_epochs, ...}``,
   epochs converted to iterations); pyiqa's per-epoch ``update_learning_rate`` then does nothing.
 * Gradient clipping (``train.grad_clip``) and fp16 autocast with a GradScaler on CUDA (``train.amp``).
-* Training steps score each crop as the data set gives it: an arch's test-time protocol (``num_crops``
-  averaged crops, ``resize``) is switched off during the step and applies to validation only.
+* Training steps score each crop as the data set gives it: an arch whose ``forward`` takes ``as_given`` (the
+  plugin's archs) is called with ``as_given=True``, so that its test-time protocol (``num_crops`` averaged
+  crops, ``resize``) applies to validation only.
+* Iterations per epoch come as a constructor argument (the runner knows them once its loader exists); without
+  it, ``train.total_iter // train.total_epoch`` as pyiqa's own training pipeline fills them in.
 * DistributedDataParallel on CPU too (pyiqa's wrapper asks for a CUDA device id), so ``torchrun`` with the
   gloo backend trains on machines without GPUs. Validation (rank 0 only, as in pyiqa) runs the bare network:
   a DDP forward on one rank alone would wait forever for the others in its buffer broadcast.
@@ -19,32 +22,21 @@ pyiqa's ``{"params": state_dict}`` format — is pyiqa's):
 
 from __future__ import annotations
 
-import contextlib
+import inspect
 from collections import OrderedDict
 
 import torch
-from torch.nn.parallel import DataParallel, DistributedDataParallel
-
 from pyiqa.models.general_iqa_model import GeneralIQAModel
+from torch.nn.parallel import DataParallel, DistributedDataParallel
 
 from iqa_plugins.train.schedule import WarmupStepLR
 
 PER_ITERATION_SCHEDULERS = ("WarmupStepLR",)
 
 
-@contextlib.contextmanager
-def as_given(net: torch.nn.Module):
-    """Switch off an arch's test-time resize and crop averaging (the data set already crops)."""
-    saved = {k: getattr(net, k) for k in ("num_crops", "resize") if hasattr(net, k)}
-    try:
-        if "num_crops" in saved:
-            net.num_crops = 1
-        if "resize" in saved:
-            net.resize = None
-        yield net
-    finally:
-        for key, value in saved.items():
-            setattr(net, key, value)
+def scores_as_given(net: torch.nn.Module) -> bool:
+    """Whether ``net``'s forward takes ``as_given`` (score the input as one view, no test-time protocol)."""
+    return "as_given" in inspect.signature(net.forward).parameters
 
 
 def weight_decay_groups(net: torch.nn.Module, weight_decay: float) -> list[dict]:
@@ -66,7 +58,14 @@ def weight_decay_groups(net: torch.nn.Module, weight_decay: float) -> list[dict]
 
 
 class RecipeIQAModel(GeneralIQAModel):
-    """pyiqa model type ``RecipeIQAModel`` (see the module docstring)."""
+    """pyiqa model type ``RecipeIQAModel`` (see the module docstring).
+
+    ``iters_per_epoch``: training iterations per epoch, for schedules counted in epochs (``WarmupStepLR``).
+    """
+
+    def __init__(self, opt: dict, iters_per_epoch: int | None = None) -> None:
+        self._iters_per_epoch = iters_per_epoch
+        super().__init__(opt)  # builds the network and, for training, the optimiser and schedule
 
     def model_to_device(self, net: torch.nn.Module) -> torch.nn.Module:
         net = net.to(self.device)
@@ -99,6 +98,7 @@ class RecipeIQAModel(GeneralIQAModel):
         self.grad_clip = train_opt.get("grad_clip")
         self.use_amp = bool(train_opt.get("amp", True)) and self.device.type == "cuda"
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.use_amp)
+        self.step_options = {"as_given": True} if scores_as_given(self.get_bare_model(self.net)) else {}
         super().init_training_settings()
 
     def setup_optimizers(self) -> None:
@@ -133,13 +133,14 @@ class RecipeIQAModel(GeneralIQAModel):
             )
 
     def iters_per_epoch(self) -> int:
-        """Iterations per epoch, known once the training data loader exists (set by the runner or pyiqa)."""
+        """Iterations per epoch: the constructor's ``iters_per_epoch``, else derived from pyiqa's totals."""
+        if self._iters_per_epoch:
+            return int(self._iters_per_epoch)
         train_opt = self.opt["train"]
-        if train_opt.get("iters_per_epoch"):
-            return int(train_opt["iters_per_epoch"])
         if train_opt.get("total_epoch") and train_opt.get("total_iter"):
             return max(1, int(train_opt["total_iter"]) // int(train_opt["total_epoch"]))
-        raise ValueError("WarmupStepLR counts in epochs: set train.total_epoch (or train.iters_per_epoch)")
+        raise ValueError("WarmupStepLR counts in epochs: set train.total_epoch and train.total_iter, or build "
+                         "the model with iters_per_epoch")
 
     def update_learning_rate(self, current_iter: int, warmup_iter: int = -1) -> None:
         # pyiqa's loop calls this once per epoch; a per-iteration schedule steps in optimize_parameters.
@@ -148,10 +149,9 @@ class RecipeIQAModel(GeneralIQAModel):
 
     def optimize_parameters(self, current_iter: int) -> None:
         self.optimizer.zero_grad(set_to_none=True)
-        with as_given(self.get_bare_model(self.net)), torch.autocast(
-            self.device.type, dtype=torch.float16, enabled=self.use_amp
-        ):
-            self.output_score = self.net_forward(self.net)
+        with torch.autocast(self.device.type, dtype=torch.float16, enabled=self.use_amp):
+            inputs = (self.img_input, self.ref_input) if self.use_ref else (self.img_input,)
+            self.output_score = self.net(*inputs, **self.step_options)
         losses = OrderedDict()
         if self.cri_mos:
             losses["l_mos"] = self.cri_mos(self.output_score.float(), self.gt_mos)

@@ -18,7 +18,6 @@ import csv
 import json
 import logging
 import math
-import pickle
 import shutil
 import statistics
 import sys
@@ -32,6 +31,7 @@ import numpy as np
 import torch
 
 from iqa_plugins.files import atomic_path
+from iqa_plugins.split_files import save_splits
 from iqa_plugins.train.progress import TrainingProgress
 from iqa_plugins.train.registry import register_training
 
@@ -57,12 +57,9 @@ class RunResult:
 
 def metric_for_arch(arch_type: str) -> str | None:
     """The plugin metric (``drexperts``/``exiqa``) whose arch is ``arch_type``, or None."""
-    from iqa_plugins.registration import METRICS
+    from iqa_plugins.archs.pretrained_cfgs import MODELS
 
-    for name, entry in METRICS.items():
-        if entry["metric_opts"]["type"] == arch_type:
-            return name
-    return None
+    return MODELS[arch_type].metric if arch_type in MODELS else None
 
 
 def _sampler_class():
@@ -117,6 +114,13 @@ def _latest_state(opt: dict[str, Any]) -> Path | None:
     return Path(path) if path else None
 
 
+def _bind(handler: logging.StreamHandler, stream: Any) -> None:
+    """Point ``handler`` at ``stream`` without flushing its old stream (``setStream`` does), which may be closed
+    by now: a replaced ``sys.stderr`` that its owner has closed since."""
+    with handler.lock:
+        handler.stream = stream
+
+
 def _set_log_file(logger: logging.Logger, log_file: Path | None, rank: int, console_level: int
                   ) -> list[tuple[logging.Handler, int, Any]]:
     """Everything goes to the run's log file; the console gets ``console_level`` and up (rank 0 only).
@@ -129,7 +133,7 @@ def _set_log_file(logger: logging.Logger, log_file: Path | None, rank: int, cons
         if type(handler) is logging.StreamHandler:
             changed.append((handler, handler.level, handler.stream))
             handler.setLevel(console_level)
-            handler.setStream(sys.stderr)
+            _bind(handler, sys.stderr)
     if rank == 0 and log_file is not None:
         file_handler = logging.FileHandler(log_file, "w")
         file_handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s: %(message)s"))
@@ -145,7 +149,7 @@ def _restore_log(logger: logging.Logger, changed: list[tuple[logging.Handler, in
             handler.close()
         else:
             handler.setLevel(level)
-            handler.setStream(stream)
+            _bind(handler, stream)
 
 
 def _validate(model, val_loaders, current_iter: int, epoch: int, history: list, rank: int) -> dict:
@@ -157,6 +161,176 @@ def _validate(model, val_loaders, current_iter: int, epoch: int, history: list, 
             results[name] = {k: float(v) for k, v in model.metric_results.items()}
             history.append({"iter": current_iter, "epoch": epoch, "dataset": name, **results[name]})
     return results
+
+
+@dataclass(frozen=True)
+class _Schedule:
+    """How long training runs, in epochs and iterations."""
+
+    iters_per_epoch: int
+    total_epochs: int
+    total_iters: int
+
+
+def _schedule(train_opt: dict[str, Any], iters_per_epoch: int) -> _Schedule:
+    """``train.total_epoch`` or ``train.total_iter`` over a loader of ``iters_per_epoch`` batches."""
+    if train_opt.get("total_epoch") is not None:
+        total_epochs = int(train_opt["total_epoch"])
+        return _Schedule(iters_per_epoch, total_epochs, total_epochs * iters_per_epoch)
+    if train_opt.get("total_iter") is not None:
+        total_iters = int(train_opt["total_iter"])
+        return _Schedule(iters_per_epoch, math.ceil(total_iters / iters_per_epoch), total_iters)
+    raise ValueError("options need train.total_epoch or train.total_iter")
+
+
+def _progress_for(opt: dict[str, Any], progress: TrainingProgress | None, log_level: int) -> TrainingProgress:
+    """The caller's progress (silenced off rank 0), or bars on rank 0 unless ``log_level`` is above WARNING."""
+    if progress is None:
+        return TrainingProgress(opt["name"], enabled=opt["rank"] == 0 and log_level <= logging.WARNING)
+    if opt["rank"] != 0:
+        progress.enabled = False
+    return progress
+
+
+def _prepare_experiment(opt: dict[str, Any]) -> Path | None:
+    """The training state to resume from (None: a fresh run, whose folders are made here)."""
+    from pyiqa.utils import make_exp_dirs
+
+    state_path = _latest_state(opt)
+    if state_path is None:
+        make_exp_dirs(opt)
+    elif not state_path.is_file():
+        raise FileNotFoundError(f"resume_state {str(state_path)!r} does not exist")
+    return state_path
+
+
+def _build_model(opt: dict[str, Any], iters_per_epoch: int):
+    """pyiqa's model of ``opt['model_type']``; the project's own model gets the iterations per epoch."""
+    from pyiqa.models import build_model
+    from pyiqa.utils.registry import MODEL_REGISTRY
+
+    from iqa_plugins.train.model import RecipeIQAModel
+
+    if opt["model_type"] in MODEL_REGISTRY and issubclass(MODEL_REGISTRY.get(opt["model_type"]), RecipeIQAModel):
+        return MODEL_REGISTRY.get(opt["model_type"])(copy.deepcopy(opt), iters_per_epoch=iters_per_epoch)
+    return build_model(opt)
+
+
+@dataclass
+class _Loop:
+    """What the epochs of one run share: the model, the data, the schedule and what they record."""
+
+    opt: dict[str, Any]
+    model: Any
+    sampler: Any
+    train_loader: Any
+    val_loaders: list
+    schedule: _Schedule
+    progress: TrainingProgress
+    msg_logger: Any = None
+    history: list[dict[str, Any]] = field(default_factory=list)
+    started: float = field(default_factory=time.time)
+
+    @property
+    def save_freq(self) -> int:
+        return int(float(self.opt["logger"].get("save_checkpoint_freq", 9e9)))
+
+    @property
+    def val_freq(self) -> int:
+        return int(float((self.opt.get("val") or {}).get("val_freq", 9e9)))
+
+
+def _load_state(opt: dict[str, Any], state_path: Path | None) -> dict[str, Any] | None:
+    """The training state to resume from, with ``opt`` pointed at the weights saved with it."""
+    from iqa_plugins.weights import load_checkpoint
+
+    if state_path is None:
+        return None
+    state = load_checkpoint(state_path)
+    # pyiqa's check_resume misses GeneralIQAModel's 'network' key: point the model at the weights.
+    opt["path"]["pretrain_network"] = str(Path(opt["path"]["models"]) / f"net_{int(state['iter'])}.pth")
+    opt["path"]["strict_load"] = True
+    return state
+
+
+def _resume(loop: _Loop, state: dict[str, Any], state_path: Path) -> tuple[int, int]:
+    """Restore optimiser and schedule from ``state`` and skip the part of its epoch already trained;
+    returns (start epoch, iterations done)."""
+    from pyiqa.utils import get_root_logger
+
+    start_epoch, current_iter = int(state["epoch"]), int(state["iter"])
+    loop.model.resume_training(state)
+    get_root_logger("pyiqa").info(f"Resumed from {state_path} (epoch {start_epoch}, iteration {current_iter}).")
+    done_in_epoch = current_iter - start_epoch * loop.schedule.iters_per_epoch
+    loop.sampler.skip = done_in_epoch * loop.train_loader.batch_size
+    return start_epoch, current_iter
+
+
+def _agreed_stop(stop: bool, loop: _Loop) -> bool:
+    """Every rank must stop at the same step; rank 0's hook decides."""
+    if not loop.opt["dist"]:
+        return stop
+    flag = torch.tensor([float(stop)], device=loop.model.device)
+    torch.distributed.broadcast(flag, 0)
+    return bool(flag.item())
+
+
+def _train_step(loop: _Loop, batch: dict[str, Any], epoch: int, current_iter: int) -> bool:
+    """One optimiser step with its logging, checkpoint and validation; True when training should stop."""
+    opt, model = loop.opt, loop.model
+    model.feed_data(batch)
+    model.optimize_parameters(current_iter)
+    log = model.get_current_log()
+    stop = loop.progress.step(sum(v for k, v in log.items() if k.startswith("l_")),
+                              len(batch["img"]) * opt["world_size"])
+    stop = _agreed_stop(stop, loop)
+    if current_iter % opt["logger"]["print_freq"] == 0 and opt["rank"] == 0:
+        loop.msg_logger({
+            "epoch": epoch, "iter": current_iter, "lrs": model.get_current_learning_rate(),
+            "time": (time.time() - loop.started) / max(1, current_iter), "data_time": 0.0, **log,
+        })
+    if current_iter % loop.save_freq == 0:
+        model.save(epoch, current_iter)
+    if current_iter % loop.val_freq == 0 and current_iter < loop.schedule.total_iters and loop.val_loaders:
+        _validate(model, loop.val_loaders, current_iter, epoch, loop.history, opt["rank"])
+    return stop
+
+
+def _train_epochs(loop: _Loop, start_epoch: int, current_iter: int) -> tuple[int, int]:
+    """Train until the schedule ends or the progress hook stops it; returns (last epoch, iterations done)."""
+    schedule = loop.schedule
+    epoch, stop = start_epoch, False
+    for epoch in range(start_epoch, schedule.total_epochs):
+        if current_iter >= schedule.total_iters or stop:
+            break
+        loop.sampler.set_epoch(epoch)
+        loop.progress.start_epoch(epoch, schedule.total_epochs, min(schedule.iters_per_epoch,
+                                                                    schedule.total_iters - current_iter))
+        for batch in loop.train_loader:
+            current_iter += 1
+            stop = _train_step(loop, batch, epoch, current_iter)
+            if current_iter >= schedule.total_iters or stop:
+                break
+        loop.progress.end_epoch()
+        loop.model.update_learning_rate(epoch + 2, warmup_iter=loop.opt["train"].get("warmup_iter", -1))
+    return epoch, current_iter
+
+
+def _finish(loop: _Loop, epoch: int, current_iter: int) -> RunResult:
+    """Validate the final model and, on rank 0, write its checkpoints and the history."""
+    opt, root = loop.opt, Path(loop.opt["path"]["experiments_root"])
+    final = _validate(loop.model, loop.val_loaders, current_iter, epoch, loop.history, opt["rank"]) \
+        if loop.val_loaders else {}
+    result = RunResult(opt["name"], root, current_iter, final, loop.history, model=loop.model)
+    if opt["rank"] == 0:
+        result.checkpoint, result.compact_checkpoint = _save_final(opt, loop.model)
+        (root / "history.json").write_text(json.dumps({"final": final, "history": loop.history}, indent=1))
+    if opt["dist"]:  # the other ranks wait here while rank 0 validates and writes
+        torch.distributed.barrier()
+    result.summary = loop.progress.summary() + "".join(
+        f"; {name} SRCC {m.get('srcc', float('nan')):.4f} PLCC {m.get('plcc', float('nan')):.4f}"
+        for name, m in final.items())
+    return result
 
 
 def run_training(
@@ -173,110 +347,35 @@ def run_training(
     (default: bars on rank 0 unless ``log_level`` is above WARNING); its ``should_stop`` ends training early.
     """
     import pyiqa  # noqa: F401  (activates the plugin: archs resolve through pyiqa's registry)
-    from pyiqa.models import build_model
-    from pyiqa.utils import MessageLogger, get_root_logger, get_time_str, make_exp_dirs
+    from pyiqa.utils import MessageLogger, get_root_logger, get_time_str
     from pyiqa.utils.options import dict2str
-
-    from iqa_plugins.weights import load_checkpoint
 
     register_training()
     opt = copy.deepcopy(opt)
-    rank = opt["rank"]
-    if progress is None:
-        progress = TrainingProgress(opt["name"], enabled=rank == 0 and log_level <= logging.WARNING)
-    elif rank != 0:
-        progress.enabled = False
-    state_path = _latest_state(opt)
-    if state_path is None:
-        make_exp_dirs(opt)
-    elif not state_path.is_file():
-        raise FileNotFoundError(f"resume_state {str(state_path)!r} does not exist")
-    root = Path(opt["path"]["experiments_root"])
-
+    progress = _progress_for(opt, progress, log_level)
+    state_path = _prepare_experiment(opt)
     logger = get_root_logger("pyiqa")
-    changed = _set_log_file(logger, root / f"train_{opt['name']}_{get_time_str()}.log", rank, log_level)
+    log_file = Path(opt["path"]["experiments_root"]) / f"train_{opt['name']}_{get_time_str()}.log"
+    changed = _set_log_file(logger, log_file, opt["rank"], log_level)
     try:
         logger.info(dict2str(opt))
         train_set, sampler, train_loader, val_loaders = _build_loaders(opt)
-        iters_per_epoch = len(train_loader)
-        train_opt = opt["train"]
-        if train_opt.get("total_epoch") is not None:
-            total_epochs = int(train_opt["total_epoch"])
-            total_iters = total_epochs * iters_per_epoch
-        elif train_opt.get("total_iter") is not None:
-            total_iters = int(train_opt["total_iter"])
-            total_epochs = math.ceil(total_iters / iters_per_epoch)
-        else:
-            raise ValueError("options need train.total_epoch or train.total_iter")
-        train_opt.update(iters_per_epoch=iters_per_epoch, total_iter=total_iters)
+        schedule = _schedule(opt["train"], len(train_loader))
+        opt["train"]["total_iter"] = schedule.total_iters  # as pyiqa's pipeline fills it in
         logger.info(
-            f"{len(train_set)} training images x {train_opt.get('dataset_enlarge_ratio', 1)} crops, "
-            f"{iters_per_epoch} iterations per epoch, {total_epochs} epochs ({total_iters} iterations)"
+            f"{len(train_set)} training images x {opt['train'].get('dataset_enlarge_ratio', 1)} crops, "
+            f"{schedule.iters_per_epoch} iterations per epoch, {schedule.total_epochs} epochs "
+            f"({schedule.total_iters} iterations)"
         )
-
-        state = None
-        start_epoch, current_iter = 0, 0
-        if state_path is not None:
-            state = load_checkpoint(state_path)
-            start_epoch, current_iter = int(state["epoch"]), int(state["iter"])
-            # pyiqa's check_resume misses GeneralIQAModel's 'network' key: point the model at the weights.
-            opt["path"]["pretrain_network"] = str(Path(opt["path"]["models"]) / f"net_{current_iter}.pth")
-            opt["path"]["strict_load"] = True
-        model = build_model(opt)
-        if state is not None:
-            model.resume_training(state)
-            logger.info(f"Resumed from {state_path} (epoch {start_epoch}, iteration {current_iter}).")
-            sampler.skip = (current_iter - start_epoch * iters_per_epoch) * train_loader.batch_size
-
-        msg_logger = MessageLogger(opt, current_iter, None)
-        save_freq = int(float(opt["logger"].get("save_checkpoint_freq", 9e9)))
-        val_freq = int(float((opt.get("val") or {}).get("val_freq", 9e9)))
-        history: list[dict[str, Any]] = []
-        start = time.time()
-        epoch = start_epoch
-        stop = False
-        for epoch in range(start_epoch, total_epochs):
-            if current_iter >= total_iters or stop:
-                break
-            sampler.set_epoch(epoch)
-            progress.start_epoch(epoch, total_epochs, min(iters_per_epoch, total_iters - current_iter))
-            for batch in train_loader:
-                current_iter += 1
-                model.feed_data(batch)
-                model.optimize_parameters(current_iter)
-                log = model.get_current_log()
-                stop = progress.step(sum(v for k, v in log.items() if k.startswith("l_")),
-                                     len(batch["img"]) * opt["world_size"])
-                if opt["dist"]:  # every rank must stop at the same step; rank 0's hook decides
-                    flag = torch.tensor([float(stop)], device=model.device)
-                    torch.distributed.broadcast(flag, 0)
-                    stop = bool(flag.item())
-                if current_iter % opt["logger"]["print_freq"] == 0 and rank == 0:
-                    msg_logger({
-                        "epoch": epoch, "iter": current_iter, "lrs": model.get_current_learning_rate(),
-                        "time": (time.time() - start) / max(1, current_iter), "data_time": 0.0, **log,
-                    })
-                if current_iter % save_freq == 0:
-                    model.save(epoch, current_iter)
-                if current_iter % val_freq == 0 and current_iter < total_iters and val_loaders:
-                    _validate(model, val_loaders, current_iter, epoch, history, rank)
-                if current_iter >= total_iters or stop:
-                    break
-            progress.end_epoch()
-            model.update_learning_rate(epoch + 2, warmup_iter=train_opt.get("warmup_iter", -1))
-
-        logger.info(f"Training done in {time.time() - start:.1f}s; saving the final model.")
-        final = _validate(model, val_loaders, current_iter, epoch, history, rank) if val_loaders else {}
-        result = RunResult(opt["name"], root, current_iter, final, history, model=model)
-        if rank == 0:
-            result.checkpoint, result.compact_checkpoint = _save_final(opt, model)
-            (root / "history.json").write_text(json.dumps({"final": final, "history": history}, indent=1))
-        if opt["dist"]:  # the other ranks wait here while rank 0 validates and writes
-            torch.distributed.barrier()
-        result.summary = progress.summary() + "".join(
-            f"; {name} SRCC {m.get('srcc', float('nan')):.4f} PLCC {m.get('plcc', float('nan')):.4f}"
-            for name, m in final.items())
-        return result
+        state = _load_state(opt, state_path)
+        model = _build_model(opt, schedule.iters_per_epoch)
+        loop = _Loop(opt, model, sampler, train_loader, val_loaders, schedule, progress)
+        start_epoch, current_iter = _resume(loop, state, state_path) if state is not None else (0, 0)
+        loop.msg_logger = MessageLogger(opt, current_iter, None)
+        loop.started = time.time()
+        epoch, current_iter = _train_epochs(loop, start_epoch, current_iter)
+        logger.info(f"Training done in {time.time() - loop.started:.1f}s; saving the final model.")
+        return _finish(loop, epoch, current_iter)
     finally:
         progress.end_epoch()
         _restore_log(logger, changed)
@@ -299,12 +398,13 @@ def _save_final(opt: dict[str, Any], model) -> tuple[Path, Path | None]:
     return pyiqa_file, compact
 
 
-def install_to_cache(checkpoint: Path, arch_type: str) -> Path:
-    """Copy ``checkpoint`` into pyiqa's weight cache under the metric's default file name."""
+def install_to_cache(checkpoint: Path, arch_type: str, variant: str | None = None) -> Path:
+    """Copy ``checkpoint`` into pyiqa's weight cache under the file name of ``variant`` (a data set or tag of
+    ``archs.pretrained_cfgs``; None: the default variant, the file ``pretrained=True`` loads)."""
     from iqa_plugins.train.checkpoints import default_weights_filename
     from iqa_plugins.weights import cache_dir
 
-    target = cache_dir() / default_weights_filename(arch_type)
+    target = cache_dir() / default_weights_filename(arch_type, variant)
     with atomic_path(target) as tmp:
         shutil.copyfile(checkpoint, tmp)
     return target
@@ -344,6 +444,58 @@ def _summary(values: list[float]) -> dict[str, float]:
     }
 
 
+def _split_options(opt: dict[str, Any], index: int, split_file: Path, train_meta: Any) -> dict[str, Any]:
+    """``opt`` for split ``index``: its own experiment folder; the data sets reading the training meta file
+    take that split's rows."""
+    run_opt = copy.deepcopy(opt)
+    run_opt["name"] = f"{opt['name']}_split{index:02d}"
+    run_root = Path(opt["path"]["experiments_root"]) / run_opt["name"]
+    run_opt["path"].update(
+        experiments_root=str(run_root), models=str(run_root / "models"), log=str(run_root),
+        training_states=str(run_root / "training_states"), visualization=str(run_root / "visualization"),
+    )
+    for dataset_opt in run_opt["datasets"].values():
+        if dataset_opt.get("meta_info_file") == train_meta:
+            dataset_opt.pop("split_index", None)
+            dataset_opt.update(split_file=str(split_file), split_index=index)
+    return run_opt
+
+
+def _table_rows(index: int, split: dict[str, list[int]], result: RunResult) -> list[dict[str, Any]]:
+    """The results table's rows of one split: one per validation data set."""
+    return [{
+        "split": index, "dataset": dataset, "train_rows": len(split["train"]), "val_rows": len(split["val"]),
+        "iterations": result.iterations, **{k: metrics[k] for k in ("srcc", "plcc") if k in metrics},
+        "checkpoint": str(result.compact_checkpoint or result.checkpoint),
+    } for dataset, metrics in result.final_metrics.items()]
+
+
+def _results_table(opt: dict[str, Any], num_splits: int, train_ratio: float, seed: int,
+                   rows: list[dict[str, Any]]) -> dict[str, Any]:
+    table: dict[str, Any] = {
+        "name": opt["name"], "num_splits": num_splits, "train_ratio": train_ratio, "seed": seed,
+        "protocol": "final model of every split on its held-out rows; medians over ALL splits "
+                    "(no selection of runs or epochs on the test rows)",
+        "splits": rows, "summary": {},
+    }
+    for dataset in dict.fromkeys(r["dataset"] for r in rows):
+        mine = [r for r in rows if r["dataset"] == dataset]
+        table["summary"][dataset] = {k: _summary([r[k] for r in mine]) for k in ("srcc", "plcc") if k in mine[0]}
+    return table
+
+
+def _write_results(folder: Path, table: dict[str, Any]) -> None:
+    """``results.json`` (the whole table) and ``results.csv`` (one row per split and data set, then medians)."""
+    (folder / "results.json").write_text(json.dumps(table, indent=1))
+    with (folder / "results.csv").open("w", newline="") as handle:
+        fields = ["split", "dataset", "train_rows", "val_rows", "iterations", "srcc", "plcc", "checkpoint"]
+        writer = csv.DictWriter(handle, fieldnames=fields, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(table["splits"])
+        for dataset, stats in table["summary"].items():
+            writer.writerow({"split": "median", "dataset": dataset, **{k: stats[k]["median"] for k in stats}})
+
+
 def train_splits(
     opt: dict[str, Any],
     *,
@@ -362,60 +514,25 @@ def train_splits(
     """
     import torch.distributed as dist
 
-    base_name = opt["name"]
     summary_root = Path(opt["path"]["experiments_root"])
-    train_meta = opt["datasets"]["train"].get("meta_info_file")
-    n = _dataset_length(opt["datasets"]["train"])
-    splits = make_random_splits(n, num_splits, train_ratio, seed)
+    splits = make_random_splits(_dataset_length(opt["datasets"]["train"]), num_splits, train_ratio, seed)
     summary_root.mkdir(parents=True, exist_ok=True)
     split_file = summary_root / f"random_splits_{num_splits}x{round(train_ratio * 100)}_seed{seed}.pkl"
     if opt["rank"] == 0:
-        split_file.write_bytes(pickle.dumps(splits, protocol=4))
+        save_splits(split_file, splits)
     if opt["dist"]:
         dist.barrier()
 
     rows, runs = [], []
+    train_meta = opt["datasets"]["train"].get("meta_info_file")
     for index in range(1, num_splits + 1):
-        run_opt = copy.deepcopy(opt)
-        run_opt["name"] = f"{base_name}_split{index:02d}"
-        run_root = summary_root / run_opt["name"]
-        run_opt["path"].update(
-            experiments_root=str(run_root), models=str(run_root / "models"), log=str(run_root),
-            training_states=str(run_root / "training_states"), visualization=str(run_root / "visualization"),
-        )
-        for dataset_opt in run_opt["datasets"].values():
-            if dataset_opt.get("meta_info_file") == train_meta:
-                dataset_opt.pop("split_index", None)
-                dataset_opt.update(split_file=str(split_file), split_index=index)
-        result = run_training(run_opt, log_level=log_level)
+        result = run_training(_split_options(opt, index, split_file, train_meta), log_level=log_level)
         runs.append(result)
         if report is not None and opt["rank"] == 0:
             report(f"split {index}/{num_splits}: {result.summary}")
-        for dataset, metrics in result.final_metrics.items():
-            rows.append({
-                "split": index, "dataset": dataset, "train_rows": len(splits[index]["train"]),
-                "val_rows": len(splits[index]["val"]), "iterations": result.iterations,
-                **{k: metrics[k] for k in ("srcc", "plcc") if k in metrics},
-                "checkpoint": str(result.compact_checkpoint or result.checkpoint),
-            })
-    table: dict[str, Any] = {
-        "name": base_name, "num_splits": num_splits, "train_ratio": train_ratio, "seed": seed,
-        "protocol": "final model of every split on its held-out rows; medians over ALL splits "
-                    "(no selection of runs or epochs on the test rows)",
-        "splits": rows, "summary": {},
-    }
-    for dataset in dict.fromkeys(r["dataset"] for r in rows):
-        mine = [r for r in rows if r["dataset"] == dataset]
-        table["summary"][dataset] = {k: _summary([r[k] for r in mine]) for k in ("srcc", "plcc") if k in mine[0]}
+        rows += _table_rows(index, splits[index], result)
+    table = _results_table(opt, num_splits, train_ratio, seed, rows)
     if opt["rank"] == 0 and rows:
-        (summary_root / "results.json").write_text(json.dumps(table, indent=1))
-        with (summary_root / "results.csv").open("w", newline="") as handle:
-            fields = ["split", "dataset", "train_rows", "val_rows", "iterations", "srcc", "plcc", "checkpoint"]
-            writer = csv.DictWriter(handle, fieldnames=fields, extrasaction="ignore")
-            writer.writeheader()
-            writer.writerows(rows)
-            for dataset, stats in table["summary"].items():
-                writer.writerow({"split": "median", "dataset": dataset,
-                                 **{k: stats[k]["median"] for k in stats}})
+        _write_results(summary_root, table)
     table["runs"] = runs
     return table

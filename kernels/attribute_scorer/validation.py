@@ -66,7 +66,13 @@ def check_inputs(
     for name, value in named.items():
         if not isinstance(value, torch.Tensor):
             raise TypeError(f"attribute_scores: {name} must be a torch.Tensor, got {type(value).__name__}")
+    _check_shapes(image_emb, text_pos, text_neg, group_index, weight_logits)
+    _check_dtypes_and_devices(named, image_emb, group_index)
+    _check_scalars(scale, num_groups)
 
+
+def _check_shapes(image_emb: torch.Tensor, text_pos: torch.Tensor, text_neg: torch.Tensor | None,
+                  group_index: torch.Tensor, weight_logits: torch.Tensor) -> None:
     if image_emb.dim() != 2 or image_emb.shape[1] == 0:
         raise ValueError(f"attribute_scores: image_emb must be (B, D) with D >= 1, got shape {tuple(image_emb.shape)}")
     dim = image_emb.shape[1]
@@ -90,6 +96,9 @@ def check_inputs(
             f"attribute_scores: group_index must be (A,) with A = {num_attr}, got shape {tuple(group_index.shape)}"
         )
 
+
+def _check_dtypes_and_devices(named: dict[str, torch.Tensor], image_emb: torch.Tensor,
+                              group_index: torch.Tensor) -> None:
     if image_emb.dtype not in FLOAT_DTYPES:
         raise TypeError(f"attribute_scores: image_emb must be a floating tensor, got {image_emb.dtype}")
     for name in ("text_pos", "text_neg", "weight_logits"):
@@ -104,6 +113,8 @@ def check_inputs(
         if value.device != image_emb.device:
             raise ValueError(f"attribute_scores: {name} is on {value.device} but image_emb is on {image_emb.device}")
 
+
+def _check_scalars(scale: float, num_groups: int) -> None:
     if isinstance(num_groups, bool) or not isinstance(num_groups, int) or num_groups < 1:
         raise ValueError(f"attribute_scores: num_groups must be an int >= 1, got {num_groups!r}")
     if isinstance(scale, torch.Tensor):

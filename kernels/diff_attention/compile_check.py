@@ -20,6 +20,7 @@ import argparse
 import concurrent.futures
 import contextlib
 import dataclasses
+import itertools
 import json
 import multiprocessing
 import os
@@ -263,6 +264,24 @@ def problems(record: dict[str, Any]) -> list[str]:
     return out
 
 
+def _no_config(target: str, entry: tuple[str, str, str], kernel: str, error: Exception) -> dict[str, Any]:
+    case, dtype, direction = entry
+    return {"target": target, "case": case, "dtype": dtype, "direction": direction, "kernel": kernel, "ok": False,
+            "error": str(error)}
+
+
+def _add_job(jobs: dict[tuple, Job], covers: dict[Job, list[tuple]], key: tuple, job: Job, entry: tuple) -> None:
+    """Let ``job`` stand for table ``entry``: a job already planned under ``key`` covers it instead, unless
+    ``job`` is assembled by ptxas and that one is not (an assembled compile supersedes a shared-memory-only one)."""
+    planned = jobs.get(key)
+    if planned is not None and (planned.ptxas or not job.ptxas):
+        covers[planned].append(entry)
+        return
+    covers[job] = covers.pop(planned) if planned is not None else []
+    covers[job].append(entry)
+    jobs[key] = job
+
+
 def plan_jobs(targets: list[str], ptxas: str) -> tuple[list[Job], list[dict[str, Any]], dict[Job, list[tuple]]]:
     """Unique compile jobs over the whole table, the cases left without a config, and which table entries
     each job stands for."""
@@ -271,38 +290,24 @@ def plan_jobs(targets: list[str], ptxas: str) -> tuple[list[Job], list[dict[str,
     jobs: dict[tuple, Job] = {}
     covers: dict[Job, list[tuple]] = {}
     empty = []
-    for target in targets:
-        for case in CASES:
-            for dtype in DTYPES:
-                for direction in ("fwd", "bwd"):
-                    try:
-                        tgt, launches = _plan(case, dtype, direction, target)
-                    except tk.NoConfigFits as exc:
-                        empty.append({"target": target, "case": case, "dtype": dtype, "direction": direction,
-                                      "kernel": direction, "ok": False, "error": str(exc)})
-                        continue
-                    full = ptxas == "all" or (ptxas == "drexperts" and case in PTXAS_CASES and dtype in PTXAS_DTYPES
-                                              and direction == "fwd")
-                    for i, launch in enumerate(launches):
-                        try:
-                            configs = _candidates(launch, tgt)
-                        except tk.NoConfigFits as exc:
-                            empty.append({"target": target, "case": case, "dtype": dtype, "direction": direction,
-                                          "kernel": launch.name, "ok": False, "error": str(exc)})
-                            continue
-                        for cfg in configs:
-                            key = (target, launch.name, tuple(sorted(launch.constexprs.items())), cfg,
-                                   _specialisation(launch))
-                            job = Job(target, case, dtype, direction, i, cfg, full)
-                            if key in jobs and (jobs[key].ptxas or not full):
-                                covers[jobs[key]].append((case, dtype, direction))
-                                continue
-                            if key in jobs:  # an assembled compile supersedes a shared-memory-only one
-                                covers[job] = covers.pop(jobs[key])
-                            else:
-                                covers[job] = []
-                            covers[job].append((case, dtype, direction))
-                            jobs[key] = job
+    for target, case, dtype, direction in itertools.product(targets, CASES, DTYPES, ("fwd", "bwd")):
+        entry = (case, dtype, direction)
+        try:
+            tgt, launches = _plan(case, dtype, direction, target)
+        except tk.NoConfigFits as exc:
+            empty.append(_no_config(target, entry, direction, exc))
+            continue
+        full = ptxas == "all" or (ptxas == "drexperts" and case in PTXAS_CASES and dtype in PTXAS_DTYPES
+                                  and direction == "fwd")
+        for i, launch in enumerate(launches):
+            try:
+                configs = _candidates(launch, tgt)
+            except tk.NoConfigFits as exc:
+                empty.append(_no_config(target, entry, launch.name, exc))
+                continue
+            for cfg in configs:
+                key = (target, launch.name, tuple(sorted(launch.constexprs.items())), cfg, _specialisation(launch))
+                _add_job(jobs, covers, key, Job(target, case, dtype, direction, i, cfg, full), entry)
     return list(jobs.values()), empty, covers
 
 

@@ -276,6 +276,13 @@ _FWD_SIZES = ["H", "M", "N", "n_per_split", "num_splits", "n_slices", "M_BUCKET"
 _BWD_SIZES = ["H", "BH", "M", "N", "M_BUCKET", "N_BUCKET", "sab", "sah"]
 
 
+@triton.jit
+def _qkv_slice(Q1, K1, Q2, K2, V, b, h, sq1b, sq1h, sk1b, sk1h, sq2b, sq2h, sk2b, sk2h, svb, svh):
+    """Base pointers of the (batch b, head h) slice of Q1, K1, Q2, K2 and V."""
+    return (Q1 + (b * sq1b + h * sq1h), K1 + (b * sk1b + h * sk1h), Q2 + (b * sq2b + h * sq2h),
+            K2 + (b * sk2b + h * sk2h), V + (b * svb + h * svh))
+
+
 @triton.jit(do_not_specialize=_FWD_SIZES)
 def _fwd_kernel(
     Q1, K1, Q2, K2, V, ALPHA, O, O2, LSE1, LSE2,
@@ -299,11 +306,8 @@ def _fwd_kernel(
 
     offs_m = (pid_m * BLOCK_M + tl.arange(0, BLOCK_M)).to(tl.int64)
     offs_v = pid_v * BLOCK_DV + tl.arange(0, BLOCK_DV)
-    q1_ptr = Q1 + (b * sq1b + h * sq1h)
-    q2_ptr = Q2 + (b * sq2b + h * sq2h)
-    k1_ptr = K1 + (b * sk1b + h * sk1h)
-    k2_ptr = K2 + (b * sk2b + h * sk2h)
-    v_ptr = V + (b * svb + h * svh)
+    q1_ptr, k1_ptr, q2_ptr, k2_ptr, v_ptr = _qkv_slice(
+        Q1, K1, Q2, K2, V, b, h, sq1b, sq1h, sk1b, sk1h, sq2b, sq2h, sk2b, sk2h, svb, svh)
     n_start = (split * n_per_split).to(tl.int32)
     n_end = tl.minimum(N, n_start + n_per_split)
 
@@ -431,6 +435,25 @@ def _score_grads(
     return p1 - alpha * p2, ds1, ds2
 
 
+@triton.jit
+def _bwd_program(
+    Q1, K1, Q2, K2, V, DO, ALPHA, length, H, BH,
+    sq1b, sq1h, sk1b, sk1h, sq2b, sq2h, sk2b, sk2h, svb, svh, sdob, sdoh, sab, sah, BLOCK: tl.constexpr,
+):
+    """What a backward program works on: its block along ``length`` (fastest in the 1-D grid, so that
+    concurrent programs share one slice's other operands in L2), its (batch, head) slice ``bh``, that slice's
+    base pointers of Q1, K1, Q2, K2, V and dO, and the head's alpha."""
+    blocks = tl.cdiv(length, BLOCK)
+    pid = tl.program_id(0) % blocks
+    bh = ((tl.program_id(0) // blocks) % BH).to(tl.int64)
+    b = bh // H
+    h = bh % H
+    q1_ptr, k1_ptr, q2_ptr, k2_ptr, v_ptr = _qkv_slice(
+        Q1, K1, Q2, K2, V, b, h, sq1b, sq1h, sk1b, sk1h, sq2b, sq2h, sk2b, sk2h, svb, svh)
+    alpha = tl.load(ALPHA + (b * sab + h * sah)).to(tl.float32)
+    return pid, bh, q1_ptr, k1_ptr, q2_ptr, k2_ptr, v_ptr, DO + (b * sdob + h * sdoh), alpha
+
+
 @triton.jit(do_not_specialize=_BWD_SIZES)
 def _bwd_kv_kernel(
     Q1, K1, Q2, K2, V, DO, ALPHA, LSE1, LSE2, R1, R2, DK1, DK2, DVo,
@@ -440,20 +463,11 @@ def _bwd_kv_kernel(
     WD: tl.constexpr, WV: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
     """One key block: whole rows of dV = (P1 - alpha P2)^T dO, dK1 = dS1^T Q1 and dK2 = dS2^T Q2."""
-    # 1-D grid, key block fastest: concurrent programs share one slice's Q/dO in L2.
-    n_blocks = tl.cdiv(N, BLOCK_N)
-    pid_n = tl.program_id(0) % n_blocks
-    bh = ((tl.program_id(0) // n_blocks) % BH).to(tl.int64)
-    b = bh // H
-    h = bh % H
+    # key block fastest: concurrent programs share one slice's Q/dO in L2
+    pid_n, bh, q1_ptr, k1_ptr, q2_ptr, k2_ptr, v_ptr, do_ptr, alpha = _bwd_program(
+        Q1, K1, Q2, K2, V, DO, ALPHA, N, H, BH,
+        sq1b, sq1h, sk1b, sk1h, sq2b, sq2h, sk2b, sk2h, svb, svh, sdob, sdoh, sab, sah, BLOCK_N)
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    q1_ptr = Q1 + (b * sq1b + h * sq1h)
-    q2_ptr = Q2 + (b * sq2b + h * sq2h)
-    k1_ptr = K1 + (b * sk1b + h * sk1h)
-    k2_ptr = K2 + (b * sk2b + h * sk2h)
-    v_ptr = V + (b * svb + h * svh)
-    do_ptr = DO + (b * sdob + h * sdoh)
-    alpha = tl.load(ALPHA + (b * sab + h * sah)).to(tl.float32)
 
     acc_v = tl.zeros((BLOCK_N, WV), tl.float32)
     acc_k1 = tl.zeros((BLOCK_N, WD), tl.float32)
@@ -486,19 +500,10 @@ def _bwd_q_kernel(
     WD: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
     """One query block: whole rows of dQ1 = dS1 K1 and dQ2 = dS2 K2, looping over all keys."""
-    m_blocks = tl.cdiv(M, BLOCK_M)
-    pid_m = tl.program_id(0) % m_blocks
-    bh = ((tl.program_id(0) // m_blocks) % BH).to(tl.int64)
-    b = bh // H
-    h = bh % H
+    pid_m, bh, q1_ptr, k1_ptr, q2_ptr, k2_ptr, v_ptr, do_ptr, alpha = _bwd_program(
+        Q1, K1, Q2, K2, V, DO, ALPHA, M, H, BH,
+        sq1b, sq1h, sk1b, sk1h, sq2b, sq2h, sk2b, sk2h, svb, svh, sdob, sdoh, sab, sah, BLOCK_M)
     offs_m = (pid_m * BLOCK_M + tl.arange(0, BLOCK_M)).to(tl.int64)
-    q1_ptr = Q1 + (b * sq1b + h * sq1h)
-    q2_ptr = Q2 + (b * sq2b + h * sq2h)
-    k1_ptr = K1 + (b * sk1b + h * sk1h)
-    k2_ptr = K2 + (b * sk2b + h * sk2h)
-    v_ptr = V + (b * svb + h * svh)
-    do_ptr = DO + (b * sdob + h * sdoh)
-    alpha = tl.load(ALPHA + (b * sab + h * sah)).to(tl.float32)
 
     acc_q1 = tl.zeros((BLOCK_M, WD), tl.float32)
     acc_q2 = tl.zeros((BLOCK_M, WD), tl.float32)

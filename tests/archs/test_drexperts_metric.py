@@ -55,6 +55,19 @@ def test_protocol_is_deterministic_and_averages_crops():
     torch.testing.assert_close(first[0, 0], manual)
 
 
+def test_as_given_scores_one_view_without_the_protocol():
+    model = DRExperts(pretrained=False, config={"base": "small", "img_size": 32}, num_crops=3,
+                      resize=(48, 40)).eval()
+    x = torch.rand(2, 3, 32, 32)
+    with torch.no_grad():
+        given = model(x, as_given=True)
+        expected = model.score_crops(model._crop(x, (0, 0)))  # the image itself, normalised, no resize
+        protocol = model(x)
+    torch.testing.assert_close(given[:, 0], expected)
+    assert not torch.allclose(given, protocol)  # the protocol resizes to 48 x 40 and averages three crops
+    assert model.num_crops == 3 and model.resize == (48, 40)  # the arch's own protocol is left as it was
+
+
 def test_small_and_grey_images(model):
     with torch.no_grad():
         small = model(torch.rand(1, 3, 100, 150))  # upscaled to a 384 short side, aspect kept

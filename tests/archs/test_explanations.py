@@ -132,10 +132,12 @@ def test_score_scale_of_any_pyiqa_metric_falls_back_to_the_registry(drexperts):
 
 
 def test_registered_ranges_parse_and_hold_for_the_default_weights():
-    from iqa_plugins.archs.drexperts_convert import DATASET_PROTOCOLS
+    from iqa_plugins.archs.pretrained_cfgs import DREXPERTS
     from iqa_plugins.registration import METRICS
 
     # drexperts' default weights are KonIQ-10k's; ExIQA's sigmoid scores lie in (0, 1) whatever the weights
-    assert parse_score_range(METRICS["drexperts"]["score_range"]) == DATASET_PROTOCOLS["koniq10k"]["mos_range"]
+    assert parse_score_range(METRICS["drexperts"]["score_range"]) == DREXPERTS.variant("koniq10k").protocol["mos_range"]
+    for tag, cfg in DREXPERTS.variants.items():  # every variant's range is its data set's MOS scale
+        assert parse_score_range(METRICS[f"drexperts-{tag}"]["score_range"]) == cfg.protocol["mos_range"]
     assert parse_score_range(METRICS["exiqa"]["score_range"]) == [0.0, 1.0]
     assert not METRICS["drexperts"]["lower_better"] and not METRICS["exiqa"]["lower_better"]

@@ -44,6 +44,9 @@ def test_pyiqa_list_command_includes_plugin_metrics(fresh, console_script):
     result = fresh([console_script("pyiqa"), "-ls"])
     assert result.returncode == 0, result.stderr
     assert "'drexperts'" in result.stdout and "'exiqa'" in result.stdout
+    for variant in ("drexperts-koniq", "drexperts-livec", "drexperts-spaq", "drexperts-flive", "drexperts-bid",
+                    "exiqa-kadid", "exiqa-tid", "exiqa-csiq", "exiqa-live"):
+        assert f"'{variant}'" in result.stdout
 
 
 def test_registration_fails_loudly_on_incompatible_pyiqa(monkeypatch):

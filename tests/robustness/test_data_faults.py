@@ -13,7 +13,7 @@ import pytest
 import torch
 from robust_helpers import save_random_png
 
-from iqa_plugins.split_files import SplitFileError, load_splits
+from iqa_plugins.split_files import SPLIT_FILE, SplitFileError, folder_split_rows, load_splits, save_splits
 
 
 class RunsCode:
@@ -68,6 +68,17 @@ def _write(path: Path, obj) -> Path:
 def test_split_rows_stored_as_numpy_integers_are_accepted(tmp_path):
     splits = {1: {"train": list(np.arange(3, dtype=np.int64)), "val": [np.int32(3)]}}
     assert load_splits(_write(tmp_path / "np.pkl", splits)) == {1: {"train": [0, 1, 2], "val": [3]}}
+
+
+def test_a_data_folders_split_file_round_trips_and_may_be_absent(tmp_path):
+    assert folder_split_rows(tmp_path, 1, "train") is None  # no split file: all rows
+    save_splits(tmp_path / SPLIT_FILE, GOOD_SPLITS)
+    assert load_splits(tmp_path / SPLIT_FILE) == GOOD_SPLITS
+    index = next(iter(GOOD_SPLITS))
+    for phase, rows in GOOD_SPLITS[index].items():
+        assert folder_split_rows(tmp_path, index, phase) == rows
+    with pytest.raises(SplitFileError, match="no split 99"):
+        folder_split_rows(tmp_path, 99, "train")
 
 
 def test_train_exiqa_refuses_a_code_running_split_file(cli, tmp_path):

@@ -58,6 +58,28 @@ def test_time_budget_stops_training_and_records_the_steps_reached(tiny_set, tmp_
     assert result.iterations == 1 and progress.steps == 1 and result.checkpoint.is_file()
 
 
+def test_training_steps_score_crops_as_given_and_validation_uses_the_protocol(tiny_set, tmp_path):
+    from tiny_setup import TinyProtocolIQA
+
+    images, meta = tiny_set
+    opt = tiny_options(images, meta, epochs=1)  # 3 steps of 4 images, then 12 validation images
+    opt["network"]["type"] = "TinyProtocolIQA"
+    TinyProtocolIQA.calls.clear()
+    run_training(finalize_options(opt, tmp_path), log_level=logging.WARNING)
+    assert TinyProtocolIQA.calls == [True] * 3 + [False] * 12
+
+
+def test_the_schedule_counts_epochs_in_the_loaders_iterations(tiny_set, tmp_path):
+    images, meta = tiny_set
+    opt = tiny_options(images, meta, epochs=4, batch=2, val=False)  # 6 iterations per epoch
+    opt["train"]["scheduler"].update(warmup_epochs=1, decay_epochs=2)
+    result = run_training(finalize_options(opt, tmp_path), log_level=logging.WARNING)
+    schedule = result.model.schedulers[0]
+    assert result.iterations == 24 and result.model.iters_per_epoch() == 6
+    assert (schedule.warmup_iters, schedule.step_iters) == (6, 12)
+    assert "iters_per_epoch" not in result.model.opt["train"]  # passed to the model, not through its options
+
+
 def test_resume_mid_epoch_reproduces_the_uninterrupted_run(tiny_set, tmp_path):
     images, meta = tiny_set
     base = tiny_options(images, meta, epochs=2, val=False)  # 3 iterations per epoch

@@ -27,11 +27,23 @@ class TinyTrainIQA(nn.Module):
         return self.head(features)
 
 
+class TinyProtocolIQA(TinyTrainIQA):
+    """The tiny arch with a test-time protocol: ``as_given=False`` scores the image's upper-left quarter,
+    ``as_given=True`` the whole image; records which one each call asked for."""
+
+    calls: list[bool] = []
+
+    def forward(self, x: torch.Tensor, as_given: bool = False) -> torch.Tensor:
+        TinyProtocolIQA.calls.append(as_given)
+        return super().forward(x if as_given else x[..., : x.shape[-2] // 2, : x.shape[-1] // 2])
+
+
 def register_tiny_arch() -> None:
     from pyiqa.utils.registry import ARCH_REGISTRY
 
-    if "TinyTrainIQA" not in ARCH_REGISTRY._obj_map:
-        ARCH_REGISTRY.register(TinyTrainIQA)
+    for arch in (TinyTrainIQA, TinyProtocolIQA):
+        if arch.__name__ not in ARCH_REGISTRY._obj_map:
+            ARCH_REGISTRY.register(arch)
 
 
 def make_image_set(folder: Path, n: int = 12, size: int = 32, seed: int = 0) -> Path:
