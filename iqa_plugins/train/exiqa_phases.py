@@ -72,7 +72,7 @@ class StrengthsDataset(Dataset):
             flip it at random (horizontally, vertically), for models with the ``input="crops"`` protocol; the
             strengths of the whole image label the crop (KADID's distortions cover the whole image).
         repeats: items per image per epoch (different random crops; pyiqa's ``dataset_enlarge_ratio``).
-        in_memory: decode each image once and keep it (for small sets read many times per epoch).
+        in_memory: decode every image once, up front, and keep it (small sets read many times per epoch).
     Items are ``(image (3, S, S) float32 in [0, 1], strengths (25,) float32)``.
     """
 
@@ -117,17 +117,13 @@ class StrengthsDataset(Dataset):
         self.image_size = image_size
         self.random_crops = random_crops
         self.repeats = repeats
-        self._decoded: dict[int, np.ndarray] | None = {} if in_memory else None
+        self._decoded = [np.ascontiguousarray(read_image(path)) for path in self.images] if in_memory else None
 
     def __len__(self) -> int:
         return len(self.images) * self.repeats
 
     def _pixels(self, index: int) -> np.ndarray:
-        if self._decoded is None:
-            return read_image(self.images[index])
-        if index not in self._decoded:
-            self._decoded[index] = np.ascontiguousarray(read_image(self.images[index]))
-        return self._decoded[index]
+        return read_image(self.images[index]) if self._decoded is None else self._decoded[index]
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         index %= len(self.images)

@@ -1,9 +1,10 @@
 """Training sets that decode each image once: the same items as reading the files every time, and no file read
-after the first."""
+after the set is built."""
 
 from __future__ import annotations
 
 import csv
+import shutil
 
 import numpy as np
 import pytest
@@ -44,28 +45,40 @@ def _nr_options(folder, augment):
             "augment": augment}
 
 
-def _delete_images(folder):
+def _copy_then_delete_images(folder):
+    """A copy of the set for the reference reader; the original images are gone afterwards."""
+    copy = folder.parent / f"{folder.name}_copy"
+    shutil.copytree(folder, copy)
     for path in (folder / "images").iterdir():
         path.unlink()
+    return copy
 
 
-def test_in_memory_nr_dataset_gives_pyiqa_items_and_reads_each_file_once(folder):
+def _same_items(got_set, want_set, equal):
+    for index in range(len(want_set)):
+        torch.manual_seed(index)  # flips and crops draw from torch's generator
+        want = want_set[index]
+        torch.manual_seed(index)
+        equal(got_set[index], want)
+
+
+def test_in_memory_nr_dataset_gives_pyiqa_items_without_reading_files(folder):
     from pyiqa.data.general_nr_dataset import GeneralNRDataset
 
     augment = {"hflip": True, "vflip": True, "random_crop": 24}
-    cached, plain = InMemoryNRDataset(_nr_options(folder, augment)), GeneralNRDataset(_nr_options(folder, augment))
-    for index in range(len(plain)):
-        torch.manual_seed(index)  # pyiqa's flips and crops draw from torch's generator
-        want = plain[index]
-        torch.manual_seed(index)
-        got = cached[index]
-        assert torch.equal(got["img"], want["img"]) and torch.equal(got["mos_label"], want["mos_label"])
-        assert got["img_path"] == want["img_path"]
-    _delete_images(folder)  # everything is decoded now: new random crops come from memory
-    crops = [cached[i]["img"] for i in range(len(cached))]
-    assert all(c.shape == (3, 24, 24) for c in crops)
+    cached = InMemoryNRDataset(_nr_options(folder, augment))
+    copy = _copy_then_delete_images(folder)  # decoded when built: nothing is read afterwards
     with pytest.raises(FileNotFoundError):
-        plain[0]
+        GeneralNRDataset(_nr_options(folder, augment))[0]
+    plain = GeneralNRDataset(_nr_options(copy, augment))
+    assert len(cached) == len(plain) == 5
+
+    def equal(got, want):
+        assert torch.equal(got["img"], want["img"]) and torch.equal(got["mos_label"], want["mos_label"])
+        assert got["img_path"].replace(str(folder), str(copy)) == want["img_path"]
+
+    _same_items(cached, plain, equal)
+    assert {cached[i]["img"].shape for i in range(len(cached))} == {(3, 24, 24)}
 
 
 def test_in_memory_nr_dataset_is_registered_for_options_files():
@@ -76,17 +89,16 @@ def test_in_memory_nr_dataset_is_registered_for_options_files():
     assert DATASET_REGISTRY.get("InMemoryNRDataset") is InMemoryNRDataset
 
 
-def test_strengths_dataset_in_memory_gives_the_same_crops(folder):
+def test_strengths_dataset_in_memory_gives_the_same_crops_without_reading_files(folder):
     kwargs = {"image_size": 24, "random_crops": True, "repeats": 3}
-    plain, cached = StrengthsDataset(folder, SLUGS, **kwargs), StrengthsDataset(folder, SLUGS, in_memory=True, **kwargs)
-    assert len(cached) == len(plain) == 15
-    for index in range(len(plain)):
-        torch.manual_seed(index)
-        want = plain[index]
-        torch.manual_seed(index)
-        got = cached[index]
-        assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
-    _delete_images(folder)
-    assert all(cached[i][0].shape == (3, 24, 24) for i in range(len(cached)))
+    cached = StrengthsDataset(folder, SLUGS, in_memory=True, **kwargs)
+    copy = _copy_then_delete_images(folder)
     with pytest.raises(ImageReadError):
-        plain[0]
+        StrengthsDataset(folder, SLUGS, **kwargs)[0]
+    plain = StrengthsDataset(copy, SLUGS, **kwargs)
+    assert len(cached) == len(plain) == 15
+
+    def equal(got, want):
+        assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
+
+    _same_items(cached, plain, equal)
