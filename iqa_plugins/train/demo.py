@@ -78,7 +78,11 @@ SEED = 123  # training seed of both models for the README's demo figures (the da
 # Default wall-time budget of step 3 (speed measurement + both trainings): with the other steps and `make
 # setup` it keeps `make demo` within 15 minutes on a slow 2-core machine (README: "The demo").
 TRAIN_SECONDS = 480
-PROBE_STEPS = 10  # steps timed per model to size the schedules
+PROBE_STEPS = 12  # steps run per model to size the schedules
+# The probe's first steps carry one-time costs (CPU kernels chosen and memory pools grown on first use): timed
+# from the first step, ten DR.Experts steps averaged 0.52-0.56 s where training then ran at 0.36 s per step, so
+# the schedules ended a third of the budget early. The step time is the mean over the steps after these.
+PROBE_WARMUP_STEPS = 2
 # What the demo labels (and so the demo weights' scores) mean; stored in both checkpoints.
 LABEL_MEANING = ("demo weights: the mean of MS-SSIM, VIF and FSIM against the pristine photo "
                  "(1 = undistorted); synthetic labels, not human opinion")
@@ -191,6 +195,13 @@ def drexperts_options(data: Path, train_images: int, steps: int, batch: int, see
     }
 
 
+def _steady_step_seconds(stamps: list[float]) -> float:
+    """Mean seconds per step from the per-step time stamps, the first ``PROBE_WARMUP_STEPS`` steps left out
+    (all steps when there are too few)."""
+    steady = stamps[PROBE_WARMUP_STEPS:] if len(stamps) > PROBE_WARMUP_STEPS + 1 else stamps
+    return (steady[-1] - steady[0]) / max(1, len(steady) - 1)
+
+
 def _budget(max_seconds: float | None) -> Callable[[TrainingProgress], bool] | None:
     """The training loops' stop hook for a wall-time budget (None: train to the planned steps)."""
     if max_seconds is None:
@@ -200,18 +211,22 @@ def _budget(max_seconds: float | None) -> Callable[[TrainingProgress], bool] | N
 
 def train_drexperts(data: Path, root: Path, steps: int, batch: int, seed: int, max_seconds: float | None,
                     verbose: bool) -> dict[str, Any]:
-    """Train (or, for a few steps, time) DR.Experts; returns its checkpoint, steps reached and seconds."""
+    """Train (or, for a few steps, time) DR.Experts; returns its checkpoint, steps reached, seconds and the
+    steady seconds per step."""
     from iqa_plugins.train.options import finalize_options
     from iqa_plugins.train.runner import run_training
 
     start = time.time()
     opt = finalize_options(drexperts_options(data, len(_read_labels(data)), steps, batch, seed), root)
-    progress = TrainingProgress("drexperts", enabled=False, stop_when=_budget(max_seconds))
+    stamps: list[float] = []
+    progress = TrainingProgress("drexperts", enabled=False, stop_when=_budget(max_seconds),
+                                on_step=lambda step, loss: stamps.append(time.time()))
     result = run_training(opt, log_level=logging.INFO if verbose else logging.WARNING, progress=progress)
     weights = result.compact_checkpoint
     if weights is not None:
         _state_scale_drexperts(weights)
     return {"weights": weights, "steps": result.iterations, "loop_seconds": round(progress.elapsed, 1),
+            "step_seconds": round(_steady_step_seconds(stamps), 3) if stamps else None,
             "seconds": round(time.time() - start, 1)}
 
 
@@ -256,14 +271,15 @@ class _ExIQATrainer:
         return {**history, "seconds": round(progress.elapsed, 1)}
 
     def step_seconds(self, steps: int) -> float:
-        """Seconds per phase-1 step, timed after the first step (which builds the tokenizer) on a copy."""
+        """Steady seconds per phase-1 step (after the first steps, the first also building the tokenizer),
+        timed on a copy."""
         from torch.utils.data import DataLoader, Subset
 
         stamps: list[float] = []
         subset = Subset(self.loader.dataset, range(min(len(self.loader.dataset), (steps + 1) * self.batch)))
         self._phase1(copy.deepcopy(self.model), DataLoader(subset, batch_size=self.batch, shuffle=True), 1, None,
                      lambda step, loss: stamps.append(time.time()))
-        return (stamps[-1] - stamps[0]) / max(1, len(stamps) - 1)
+        return _steady_step_seconds(stamps)
 
     def regressor_seconds(self, step_seconds: float) -> float:
         """Estimated phase-2 time: one forward pass over the training images' test crops (about a third of a
@@ -335,7 +351,7 @@ def train_both(data: Path, out: Path, budget: float, batch: int, seed: int, verb
             probe = pool.submit(train_drexperts, data, out / "speed_check", probe_steps, batch, seed, None, False)
             exiqa_step = exiqa.step_seconds(probe_steps)
             measured = probe.result()
-            drexperts_step = measured["loop_seconds"] / max(1, measured["steps"])
+            drexperts_step = measured["step_seconds"]
             drexperts_setup = measured["seconds"] - measured["loop_seconds"]
             left = budget - (time.time() - start)
             # 5 s for saving and exporting; 95% of the rest for steps, so that the schedule ends before the stop.
@@ -475,7 +491,7 @@ def _plan(args: argparse.Namespace, photos: dict[str, Path]) -> dict[str, Any]:
             "budget": args.train_seconds, "probe_steps": PROBE_STEPS}
     if args.tiny:
         plan.update(train=train[:3], held_out=held[:1], variants={"train": 3, "held_out": 3},
-                    budget=min(args.train_seconds, 20.0), probe_steps=2)
+                    budget=min(args.train_seconds, 20.0), probe_steps=PROBE_WARMUP_STEPS + 2)
         args.workers = 1  # worker start-up would dominate so few images
         args.batch_size = min(args.batch_size, 4)  # 9 training images: a full batch needs fewer
     return plan
