@@ -78,7 +78,11 @@ SEED = 123  # training seed of both models for the README's demo figures (the da
 # Default wall-time budget of step 3 (speed measurement + both trainings): with the other steps and `make
 # setup` it keeps `make demo` within 15 minutes on a slow 2-core machine (README: "The demo").
 TRAIN_SECONDS = 480
-PROBE_STEPS = 10  # steps timed per model to size the schedules
+PROBE_STEPS = 12  # steps run per model to size the schedules
+# The probe's first steps carry one-time costs (CPU kernels chosen and memory pools grown on first use): timed
+# from the first step, ten DR.Experts steps averaged 0.52-0.56 s where training then ran at 0.36 s per step, so
+# the schedules ended a third of the budget early. The step time is the mean over the steps after these.
+PROBE_WARMUP_STEPS = 2
 # What the demo labels (and so the demo weights' scores) mean; stored in both checkpoints.
 LABEL_MEANING = ("demo weights: the mean of MS-SSIM, VIF and FSIM against the pristine photo "
                  "(1 = undistorted); synthetic labels, not human opinion")
@@ -167,7 +171,8 @@ def drexperts_options(data: Path, train_images: int, steps: int, batch: int, see
 
     clip = copy.deepcopy(CONFIGS["small"]["clip"])
     clip["vision_cfg"]["image_size"] = 96  # a 3x3 DA-CLIP grid: the small prior's cost stays low
-    dataset = {"name": "demo", "type": "GeneralNRDataset", "dataroot_target": str(data / "images"),
+    # In memory: each photo is read ENLARGE times per epoch, and decoding was a quarter of a step.
+    dataset = {"name": "demo", "type": "InMemoryNRDataset", "dataroot_target": str(data / "images"),
                "meta_info_file": str(data / "meta_info.csv"), "mos_normalize": False, "mos_range": SCORE_RANGE,
                "num_worker_per_gpu": 0}
     iters_per_epoch = max(1, train_images * ENLARGE // batch)
@@ -190,6 +195,13 @@ def drexperts_options(data: Path, train_images: int, steps: int, batch: int, see
     }
 
 
+def _steady_step_seconds(stamps: list[float]) -> float:
+    """Mean seconds per step from the per-step time stamps, the first ``PROBE_WARMUP_STEPS`` steps left out
+    (all steps when there are too few)."""
+    steady = stamps[PROBE_WARMUP_STEPS:] if len(stamps) > PROBE_WARMUP_STEPS + 1 else stamps
+    return (steady[-1] - steady[0]) / max(1, len(steady) - 1)
+
+
 def _budget(max_seconds: float | None) -> Callable[[TrainingProgress], bool] | None:
     """The training loops' stop hook for a wall-time budget (None: train to the planned steps)."""
     if max_seconds is None:
@@ -199,18 +211,22 @@ def _budget(max_seconds: float | None) -> Callable[[TrainingProgress], bool] | N
 
 def train_drexperts(data: Path, root: Path, steps: int, batch: int, seed: int, max_seconds: float | None,
                     verbose: bool) -> dict[str, Any]:
-    """Train (or, for a few steps, time) DR.Experts; returns its checkpoint, steps reached and seconds."""
+    """Train (or, for a few steps, time) DR.Experts; returns its checkpoint, steps reached, seconds and the
+    steady seconds per step."""
     from iqa_plugins.train.options import finalize_options
     from iqa_plugins.train.runner import run_training
 
     start = time.time()
     opt = finalize_options(drexperts_options(data, len(_read_labels(data)), steps, batch, seed), root)
-    progress = TrainingProgress("drexperts", enabled=False, stop_when=_budget(max_seconds))
+    stamps: list[float] = []
+    progress = TrainingProgress("drexperts", enabled=False, stop_when=_budget(max_seconds),
+                                on_step=lambda step, loss: stamps.append(time.time()))
     result = run_training(opt, log_level=logging.INFO if verbose else logging.WARNING, progress=progress)
     weights = result.compact_checkpoint
     if weights is not None:
         _state_scale_drexperts(weights)
     return {"weights": weights, "steps": result.iterations, "loop_seconds": round(progress.elapsed, 1),
+            "step_seconds": round(_steady_step_seconds(stamps), 3) if stamps else None,
             "seconds": round(time.time() - start, 1)}
 
 
@@ -237,7 +253,7 @@ class _ExIQATrainer:
         torch.manual_seed(seed)
         self.model = ExIQA(pretrained=False, config=EXIQA_CONFIG)
         strengths = phases.StrengthsDataset(data, self.model.attribute_set.distortion_slugs, image_size=CROP,
-                                            random_crops=True, repeats=ENLARGE)
+                                            random_crops=True, repeats=ENLARGE, in_memory=True)
         self.loader = DataLoader(strengths, batch_size=batch, shuffle=True)
         self.progress = {"stage": "phase 1", "step": 0, "loss": float("nan"), "planned": 0}
 
@@ -255,14 +271,15 @@ class _ExIQATrainer:
         return {**history, "seconds": round(progress.elapsed, 1)}
 
     def step_seconds(self, steps: int) -> float:
-        """Seconds per phase-1 step, timed after the first step (which builds the tokenizer) on a copy."""
+        """Steady seconds per phase-1 step (after the first steps, the first also building the tokenizer),
+        timed on a copy."""
         from torch.utils.data import DataLoader, Subset
 
         stamps: list[float] = []
         subset = Subset(self.loader.dataset, range(min(len(self.loader.dataset), (steps + 1) * self.batch)))
         self._phase1(copy.deepcopy(self.model), DataLoader(subset, batch_size=self.batch, shuffle=True), 1, None,
                      lambda step, loss: stamps.append(time.time()))
-        return (stamps[-1] - stamps[0]) / max(1, len(stamps) - 1)
+        return _steady_step_seconds(stamps)
 
     def regressor_seconds(self, step_seconds: float) -> float:
         """Estimated phase-2 time: one forward pass over the training images' test crops (about a third of a
@@ -334,7 +351,7 @@ def train_both(data: Path, out: Path, budget: float, batch: int, seed: int, verb
             probe = pool.submit(train_drexperts, data, out / "speed_check", probe_steps, batch, seed, None, False)
             exiqa_step = exiqa.step_seconds(probe_steps)
             measured = probe.result()
-            drexperts_step = measured["loop_seconds"] / max(1, measured["steps"])
+            drexperts_step = measured["step_seconds"]
             drexperts_setup = measured["seconds"] - measured["loop_seconds"]
             left = budget - (time.time() - start)
             # 5 s for saving and exporting; 95% of the rest for steps, so that the schedule ends before the stop.
@@ -376,7 +393,7 @@ def _report_progress(done: Any, start: float, budget: float, exiqa: dict, drexpe
 
 
 def _run(command: list[str], env: dict[str, str]) -> subprocess.CompletedProcess:
-    done = subprocess.run(command, capture_output=True, text=True, env=env)
+    done = subprocess.run(command, check=False, capture_output=True, text=True, env=env)
     if done.returncode not in (0, 1):
         raise RuntimeError(f"{' '.join(command)} failed ({done.returncode}):\n{done.stderr[-3000:]}")
     return done
@@ -451,94 +468,103 @@ def _explain_and_report(images: Path, out: Path, env: dict[str, str], scores: di
     return made
 
 
-def main(args: argparse.Namespace) -> int:
-    from iqa_plugins.data.generator import generate_dataset
-    from iqa_plugins.report import explanation_groups, present_distortions, read_score_file
+class _Laps:
+    """Wall time of each demo step, printed as it ends and kept for ``summary.json``."""
 
-    start = time.time()
-    out: Path = args.out
-    out.mkdir(parents=True, exist_ok=True)
-    timings: dict[str, float] = {}
+    def __init__(self) -> None:
+        self.timings: dict[str, float] = {}
+        self._since = time.time()
 
-    def lap(name: str, since: float) -> float:
-        timings[name] = round(time.time() - since, 1)
-        print(f"  [{timings[name]:6.1f}s] {name}", flush=True)
-        return time.time()
+    def __call__(self, name: str) -> None:
+        self.timings[name] = round(time.time() - self._since, 1)
+        print(f"  [{self.timings[name]:6.1f}s] {name}", flush=True)
+        self._since = time.time()
 
-    print("DEMO WEIGHTS ARE NOT THE PAPERS' MODELS: tiny networks, random init, synthetic distortions and "
-          "full-reference labels.\n1. photos", flush=True)
-    t = time.time()
-    photos = collect_photos(out / "photos" / "all", zoomed=True)
+
+def _plan(args: argparse.Namespace, photos: dict[str, Path]) -> dict[str, Any]:
+    """Which photos train and which are held out, variants per photo, the budget and the probe's steps
+    (``--tiny`` shrinks them all)."""
     held = [n for n in HELD_OUT if n in photos]
     # Held-out photos are out entirely: neither they nor their zoomed views are trained on.
     train = [n for n in photos if n.removesuffix("_zoom") not in held]
-    variants = {"train": args.variants, "held_out": args.held_out_variants}
-    budget, probe_steps = args.train_seconds, PROBE_STEPS
+    plan = {"train": train, "held_out": held, "variants": {"train": args.variants, "held_out": args.held_out_variants},
+            "budget": args.train_seconds, "probe_steps": PROBE_STEPS}
     if args.tiny:
-        train, held, variants = train[:3], held[:1], {"train": 3, "held_out": 3}
-        budget, probe_steps = min(budget, 20.0), 2
+        plan.update(train=train[:3], held_out=held[:1], variants={"train": 3, "held_out": 3},
+                    budget=min(args.train_seconds, 20.0), probe_steps=PROBE_WARMUP_STEPS + 2)
         args.workers = 1  # worker start-up would dominate so few images
         args.batch_size = min(args.batch_size, 4)  # 9 training images: a full batch needs fewer
-    for group, names in (("train", train), ("held_out", held)):
+    return plan
+
+
+def _split_photos(out: Path, photos: dict[str, Path], plan: dict[str, Any]) -> None:
+    """Copy the training and held-out photos into their own folders (the generator reads whole folders)."""
+    for group in ("train", "held_out"):
         folder = out / "photos" / group
         folder.mkdir(parents=True, exist_ok=True)
-        for name in names:
+        for name in plan[group]:
             target = folder / photos[name].name
             if not target.exists():
                 target.write_bytes(photos[name].read_bytes())
-    t = lap(f"{len(train)} training photo views (photos and zoomed centres), {len(held)} held-out photos "
-            f"({', '.join(held)})", t)
 
-    print("2. distorted variants + full-reference labels (MS-SSIM, VIF, FSIM)", flush=True)
+
+def _generate_labelled_sets(out: Path, plan: dict[str, Any], args: argparse.Namespace) -> dict[str, Path] | None:
+    """Distorted variants of each group's photos with full-reference labels; None (after a message) on failure."""
+    from iqa_plugins.data.generator import generate_dataset
+
     labeller = FullReferenceLabeller()
     sets = {}
     for group in ("train", "held_out"):
         sets[group] = out / "data" / group
-        report = generate_dataset(out / "photos" / group, sets[group], variants=variants[group],
+        report = generate_dataset(out / "photos" / group, sets[group], variants=plan["variants"][group],
                                   max_distortions=args.max_distortions, seed=0 if group == "train" else 1,
                                   labeller=labeller, split_ratios=(1.0, 0.0, 0.0), workers=args.workers,
                                   progress=False)
         if not report.ok:
             print(f"iqa-plugins demo: generation failed: {report.failed}", file=sys.stderr)
-            return 1
-    t = lap(f"{len(_read_labels(sets['train']))} training and {len(_read_labels(sets['held_out']))} held-out images", t)
+            return None
+    return sets
 
-    print(f"3. training for {budget:.0f}s: DR.Experts (small config) through pyiqa's training framework, and at the "
-          "same time ExIQA (small config): phase 1 (distortion identification), phase 2 (quality regressor)",
-          flush=True)
-    runs = train_both(sets["train"], out / "train", budget, args.batch_size, args.seed, args.verbose, probe_steps)
-    drexperts_weights, exiqa_weights = runs["drexperts"]["weights"], runs["exiqa"]["weights"]
-    t = lap(f"trained: DR.Experts {runs['drexperts']['steps']} steps, ExIQA {runs['exiqa']['steps']} phase-1 steps", t)
 
+def _install_demo_weights(out: Path, runs: dict[str, Any]) -> tuple[Path, dict[str, Path]]:
+    """Both checkpoints under their default file names in the demo-local cache; returns TORCH_HOME and the files."""
     from iqa_plugins.train.checkpoints import default_weights_filename
 
     torch_home = (out / "torch_home").resolve()
     cache = torch_home / "hub" / "pyiqa"  # what cache_dir() is under TORCH_HOME=torch_home
     cache.mkdir(parents=True, exist_ok=True)
     installed = {}
-    for weights, arch, metric in ((drexperts_weights, "DRExperts", "drexperts"), (exiqa_weights, "ExIQA", "exiqa")):
+    for arch, metric in (("DRExperts", "drexperts"), ("ExIQA", "exiqa")):
         installed[metric] = cache / default_weights_filename(arch)
-        installed[metric].write_bytes(Path(weights).read_bytes())
-    env = {**os.environ, "TORCH_HOME": str(torch_home), "PYTHONUNBUFFERED": "1"}
+        installed[metric].write_bytes(Path(runs[metric]["weights"]).read_bytes())
+    return torch_home, installed
 
-    print(f"4. scoring the held-out variants (demo weights in the demo-local cache {cache})", flush=True)
-    images = sets["held_out"] / "images"
-    labels = _read_labels(sets["held_out"])
-    pyiqa_scores = pyiqa_command_scores(["drexperts", "exiqa"], images, env)
-    t = lap(f"`pyiqa drexperts exiqa -t {images} -v` scored {len(pyiqa_scores['drexperts'])} images", t)
-    summary: dict[str, Any] = {"note": "demo weights: tiny models trained on synthetic distortions with "
-                                       "full-reference labels; not the papers' models",
-                               "held_out_photos": held, "models": {},
-                               "training": {"budget_s": budget, "wall_s": runs["seconds"],
-                                            "step_seconds": runs["step_seconds"],
-                                            "drexperts": {k: v for k, v in runs["drexperts"].items() if k != "weights"},
-                                            "exiqa": {k: v for k, v in runs["exiqa"].items() if k != "weights"}},
-                               "settings": {"photo_size": PHOTO_SIZE, "variants": variants,
-                                            "max_distortions": args.max_distortions, "train_seconds": budget,
-                                            "drexperts_crop": CROP, "drexperts_backbone": BACKBONE,
-                                            "drexperts_test_crops": TEST_CROPS, "drexperts_enlarge": ENLARGE,
-                                            "exiqa_regressor_epochs": REGRESSOR_EPOCHS, "exiqa_config": EXIQA_CONFIG,
-                                            "batch_size": args.batch_size, "seed": args.seed}}
+
+def _summary_head(args: argparse.Namespace, plan: dict[str, Any], runs: dict[str, Any]) -> dict[str, Any]:
+    """``summary.json`` before the scores: what was held out, how training went, every setting."""
+    return {"note": "demo weights: tiny models trained on synthetic distortions with full-reference labels; "
+                    "not the papers' models",
+            "held_out_photos": plan["held_out"], "models": {},
+            "training": {"budget_s": plan["budget"], "wall_s": runs["seconds"], "step_seconds": runs["step_seconds"],
+                         "drexperts": {k: v for k, v in runs["drexperts"].items() if k != "weights"},
+                         "exiqa": {k: v for k, v in runs["exiqa"].items() if k != "weights"}},
+            "settings": {"photo_size": PHOTO_SIZE, "variants": plan["variants"],
+                         "max_distortions": args.max_distortions, "train_seconds": plan["budget"],
+                         "drexperts_crop": CROP, "drexperts_backbone": BACKBONE, "drexperts_test_crops": TEST_CROPS,
+                         "drexperts_enlarge": ENLARGE, "exiqa_regressor_epochs": REGRESSOR_EPOCHS,
+                         "exiqa_config": EXIQA_CONFIG, "batch_size": args.batch_size, "seed": args.seed}}
+
+
+def _score_held_out(out: Path, images: Path, labels: dict[str, float], env: dict[str, str],
+                    pyiqa_scores: dict[str, dict[str, float]], summary: dict[str, Any]) -> dict[str, Path]:
+    """``iqa-plugins score --explain`` per metric; both commands' held-out correlations go into ``summary``, and a
+    few rows with their explanations are printed. Returns the score files."""
+    from iqa_plugins.report import (
+        explanation_groups,
+        present_distortions,
+        read_score_file,
+    )
+
     score_files = {}
     for metric in ("drexperts", "exiqa"):
         score_files[metric] = out / f"scores_{metric}.csv"
@@ -558,16 +584,17 @@ def main(args: argparse.Namespace) -> int:
             present = present_distortions(explanation_groups(row, column, only_metric=True))[:3]
             text = ", ".join(f"{n} {v:.2f}" for n, v, _ in present) or "no distortion present"
             print(f"  {name:<28} {labels[name]:6.3f} {float(row[column]):8.3f}  {text}")
-    t = lap("iqa-plugins score --explain for both metrics", t)
-    summary["outputs"] = _explain_and_report(images, out, env, score_files, labels)
-    t = lap("explanation figures (iqa-plugins explain) and report pages (iqa-plugins report)", t)
+    return score_files
+
+
+def _print_goal(summary: dict[str, Any]) -> None:
     for metric, figures in summary["models"].items():
         srcc = figures["iqa_plugins_score"]["srcc"]
         verdict = "reached" if srcc >= TARGET_SRCC else "not reached"
         print(f"  {metric}: held-out SRCC {srcc:.3f}; the demo's goal of SRCC >= {TARGET_SRCC} is {verdict}")
-    summary["timings_s"] = timings
-    summary["wall_time_s"] = round(time.time() - start, 1)
-    (out / "summary.json").write_text(json.dumps(summary, indent=1))
+
+
+def _print_how_to_use(out: Path, summary: dict[str, Any], torch_home: Path, installed: dict[str, Path]) -> None:
     outputs = summary["outputs"]
     print(f"""
 Done in {summary['wall_time_s']:.0f}s. Summary of every figure and setting: {out / 'summary.json'}
@@ -580,4 +607,52 @@ Use them through the demo's weight cache, or pass a file:
   iqa-plugins score IMAGES --metric drexperts --metric-opt pretrained_model_path={installed['drexperts']} --explain -o scores.csv
 Explanation figures: {outputs['figures']['drexperts']}/ and {outputs['figures']['exiqa']}/
 Report pages (open in a browser): {outputs['reports']['drexperts']} and {outputs['reports']['exiqa']}""")
+
+
+def main(args: argparse.Namespace) -> int:
+    start = time.time()
+    out: Path = args.out
+    out.mkdir(parents=True, exist_ok=True)
+    lap = _Laps()
+
+    print("DEMO WEIGHTS ARE NOT THE PAPERS' MODELS: tiny networks, random init, synthetic distortions and "
+          "full-reference labels.\n1. photos", flush=True)
+    photos = collect_photos(out / "photos" / "all", zoomed=True)
+    plan = _plan(args, photos)
+    _split_photos(out, photos, plan)
+    lap(f"{len(plan['train'])} training photo views (photos and zoomed centres), {len(plan['held_out'])} held-out "
+        f"photos ({', '.join(plan['held_out'])})")
+
+    print("2. distorted variants + full-reference labels (MS-SSIM, VIF, FSIM)", flush=True)
+    sets = _generate_labelled_sets(out, plan, args)
+    if sets is None:
+        return 1
+    lap(f"{len(_read_labels(sets['train']))} training and {len(_read_labels(sets['held_out']))} held-out images")
+
+    print(f"3. training for {plan['budget']:.0f}s: DR.Experts (small config) through pyiqa's training framework, and "
+          "at the same time ExIQA (small config): phase 1 (distortion identification), phase 2 (quality regressor)",
+          flush=True)
+    runs = train_both(sets["train"], out / "train", plan["budget"], args.batch_size, args.seed, args.verbose,
+                      plan["probe_steps"])
+    lap(f"trained: DR.Experts {runs['drexperts']['steps']} steps, ExIQA {runs['exiqa']['steps']} phase-1 steps")
+
+    torch_home, installed = _install_demo_weights(out, runs)
+    env = {**os.environ, "TORCH_HOME": str(torch_home), "PYTHONUNBUFFERED": "1"}
+    print(f"4. scoring the held-out variants (demo weights in the demo-local cache {installed['drexperts'].parent})",
+          flush=True)
+    images = sets["held_out"] / "images"
+    labels = _read_labels(sets["held_out"])
+    pyiqa_scores = pyiqa_command_scores(["drexperts", "exiqa"], images, env)
+    lap(f"`pyiqa drexperts exiqa -t {images} -v` scored {len(pyiqa_scores['drexperts'])} images")
+    summary = _summary_head(args, plan, runs)
+    score_files = _score_held_out(out, images, labels, env, pyiqa_scores, summary)
+    lap("iqa-plugins score --explain for both metrics")
+    summary["outputs"] = _explain_and_report(images, out, env, score_files, labels)
+    lap("explanation figures (iqa-plugins explain) and report pages (iqa-plugins report)")
+
+    _print_goal(summary)
+    summary["timings_s"] = lap.timings
+    summary["wall_time_s"] = round(time.time() - start, 1)
+    (out / "summary.json").write_text(json.dumps(summary, indent=1))
+    _print_how_to_use(out, summary, torch_home, installed)
     return 0

@@ -72,6 +72,7 @@ class StrengthsDataset(Dataset):
             flip it at random (horizontally, vertically), for models with the ``input="crops"`` protocol; the
             strengths of the whole image label the crop (KADID's distortions cover the whole image).
         repeats: items per image per epoch (different random crops; pyiqa's ``dataset_enlarge_ratio``).
+        in_memory: decode every image once, up front, and keep it (small sets read many times per epoch).
     Items are ``(image (3, S, S) float32 in [0, 1], strengths (25,) float32)``.
     """
 
@@ -86,6 +87,7 @@ class StrengthsDataset(Dataset):
         image_dir: str = "images",
         random_crops: bool = False,
         repeats: int = 1,
+        in_memory: bool = False,
     ) -> None:
         if random_crops and image_size is None:
             raise ValueError("StrengthsDataset: random_crops needs image_size (the crop size)")
@@ -114,13 +116,17 @@ class StrengthsDataset(Dataset):
         self.image_size = image_size
         self.random_crops = random_crops
         self.repeats = repeats
+        self._decoded = [np.ascontiguousarray(read_image(path)) for path in self.images] if in_memory else None
 
     def __len__(self) -> int:
         return len(self.images) * self.repeats
 
+    def _pixels(self, index: int) -> np.ndarray:
+        return read_image(self.images[index]) if self._decoded is None else self._decoded[index]
+
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         index %= len(self.images)
-        image = torch.from_numpy(np.ascontiguousarray(read_image(self.images[index]))).permute(2, 0, 1)[None]
+        image = torch.from_numpy(np.ascontiguousarray(self._pixels(index))).permute(2, 0, 1)[None]
         if self.random_crops:
             size = int(self.image_size)
             image = upscale_to_min_side(image.float(), size)

@@ -85,6 +85,14 @@ def test_demo_seed_and_time_budget_options(tmp_path, capsys):
         assert bad[0] in capsys.readouterr().err
 
 
+def test_demo_step_time_leaves_out_the_first_steps():
+    # first steps slow (one-time costs), then 0.4 s per step with one 0.6 s step
+    stamps = [0.0, 2.5, 3.5, 3.9, 4.3, 4.9, 5.3, 5.7]
+    assert demo._steady_step_seconds(stamps) == pytest.approx((5.7 - 3.5) / 5)
+    assert demo._steady_step_seconds([0.0, 2.0, 2.5]) == pytest.approx(1.25)  # too few: every step counts
+    assert demo.PROBE_STEPS > demo.PROBE_WARMUP_STEPS + 2  # the default probe times steady steps
+
+
 @pytest.mark.slow
 def test_demo_tiny_runs_every_step(tmp_path, monkeypatch, capsys):
     """Photos -> generated + FR-labelled variants -> both models trained to a time budget -> `pyiqa` and
