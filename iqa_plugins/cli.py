@@ -36,6 +36,9 @@ def _top_level_help() -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from iqa_plugins.runtime import bound_openmp_spin
+
+    bound_openmp_spin()  # before any command imports torch: libgomp reads it once, when it loads
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help"):
         print(_top_level_help())

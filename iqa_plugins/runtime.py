@@ -15,7 +15,7 @@ a fifth of scoring it there):
 - Decoding workers run single-threaded so that each stays on its one core (PyTorch's DataLoader sets one torch
   thread in every worker; decoding itself is PIL, single-threaded).
 - Waiting OpenMP threads spin only briefly before they sleep (``GOMP_SPINCOUNT=1000`` unless the user set it or
-  ``OMP_WAIT_POLICY``): libgomp's default spin of 300,000 rounds keeps a descheduled team spinning against
+  ``OMP_WAIT_POLICY``; every ``iqa-plugins`` command and every Ray scoring actor): libgomp's default spin of 300,000 rounds keeps a descheduled team spinning against
   whatever else runs (with one other busy process, 2 threads scored at half the rate of the short spin), while
   sleeping at once (``OMP_WAIT_POLICY=PASSIVE``) costs a wake-up at every operator of a small model (a quarter
   of the idle rate).

@@ -23,7 +23,7 @@ from typing import Any
 import yaml
 
 from iqa_plugins.io import DEFAULT_MIN_SIDE
-from iqa_plugins.runtime import ThreadPlan, apply_plan, bound_openmp_spin, plan_threads
+from iqa_plugins.runtime import ThreadPlan, apply_plan, plan_threads
 from iqa_plugins.scoring import DTYPES, Failure, LoadedMetric, MetricLoadError, collect_images, load_metric, score_paths
 from iqa_plugins.scoring_output import (
     ErrorLog,
@@ -214,7 +214,6 @@ def _thread_plan(args: argparse.Namespace, device: str, images: int) -> ThreadPl
 
 
 def main(args: argparse.Namespace) -> int:
-    bound_openmp_spin()  # effective only before torch is imported, which the checks below may do
     if args.engine == "ray":
         from iqa_plugins.scale.ray_command import run_ray_engine
 

@@ -116,7 +116,7 @@ class StrengthsDataset(Dataset):
         self.image_size = image_size
         self.random_crops = random_crops
         self.repeats = repeats
-        self._decoded = [np.ascontiguousarray(read_image(path)) for path in self.images] if in_memory else None
+        self._decoded = [read_image(path) for path in self.images] if in_memory else None
 
     def __len__(self) -> int:
         return len(self.images) * self.repeats

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from iqa_plugins.runtime import plan_threads, bound_openmp_spin
+from iqa_plugins.runtime import bound_openmp_spin, plan_threads
 
 
 @pytest.mark.parametrize(
@@ -53,3 +53,14 @@ def test_openmp_spin_is_bounded_unless_the_user_chose(monkeypatch):
     monkeypatch.setenv("OMP_WAIT_POLICY", "ACTIVE")
     bound_openmp_spin()
     assert "GOMP_SPINCOUNT" not in os.environ and os.environ["OMP_WAIT_POLICY"] == "ACTIVE"
+
+
+def test_every_command_bounds_the_spin_before_it_runs(monkeypatch, capsys):
+    import os
+
+    from iqa_plugins.cli import main
+
+    for name in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT"):
+        monkeypatch.delenv(name, raising=False)
+    assert main(["--version"]) == 0
+    assert os.environ["GOMP_SPINCOUNT"] == "1000"
