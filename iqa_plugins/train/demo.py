@@ -257,7 +257,7 @@ class _ExIQATrainer:
         self.loader = DataLoader(strengths, batch_size=batch, shuffle=True)
         self.progress = {"stage": "phase 1", "step": 0, "loss": float("nan"), "planned": 0}
 
-    def _phase1(self, model: Any, loader: Any, epochs: int, max_seconds: float | None, on_step: Any) -> dict:
+    def _phase1(self, model: Any, loader: Any, steps: int, max_seconds: float | None, on_step: Any) -> dict:
         from iqa_plugins.train import exiqa_phases as phases
 
         # Phase 1 fine-tunes both towers. With the text tower frozen at its random weights the 125 attribute
@@ -266,8 +266,9 @@ class _ExIQATrainer:
         # after 1,500 steps that ridge fit reached 0.69, against 0.62 at 5e-4, 0.66 at 2e-3 and 0.62 at 4e-3
         # (all at seed 0; at seed 1, 1e-3 gave 0.61: the spread between seeds is as large as between rates).
         progress = TrainingProgress("exiqa phase 1", enabled=False, on_step=on_step, stop_when=_budget(max_seconds))
+        epochs = -(-steps // len(loader))  # the last one partly: the schedule ends at `steps`
         history = phases.train_phase1(model, loader, epochs, 1e-3, mode="full", train_text=True, warmup_epochs=0.5,
-                                      progress=progress)
+                                      max_steps=steps, progress=progress)
         return {**history, "seconds": round(progress.elapsed, 1)}
 
     def step_seconds(self, steps: int) -> float:
@@ -277,7 +278,8 @@ class _ExIQATrainer:
 
         stamps: list[float] = []
         subset = Subset(self.loader.dataset, range(min(len(self.loader.dataset), (steps + 1) * self.batch)))
-        self._phase1(copy.deepcopy(self.model), DataLoader(subset, batch_size=self.batch, shuffle=True), 1, None,
+        probe_loader = DataLoader(subset, batch_size=self.batch, shuffle=True)
+        self._phase1(copy.deepcopy(self.model), probe_loader, len(probe_loader), None,
                      lambda step, loss: stamps.append(time.time()))
         return _steady_step_seconds(stamps)
 
@@ -287,7 +289,7 @@ class _ExIQATrainer:
         crops = len(_read_labels(self.data)) * TEST_CROPS
         return crops / self.batch * step_seconds / 3
 
-    def train(self, out: Path, epochs: int, max_seconds: float) -> dict[str, Any]:
+    def train(self, out: Path, steps: int, max_seconds: float) -> dict[str, Any]:
         from torch.utils.data import DataLoader
 
         from iqa_plugins.archs.exiqa_arch import save_pretrained
@@ -295,8 +297,8 @@ class _ExIQATrainer:
         from iqa_plugins.train.mos_dataset import MOSDataset
 
         start = time.time()
-        self.progress["planned"] = epochs * len(self.loader)
-        history = self._phase1(self.model, self.loader, epochs, max_seconds,
+        self.progress["planned"] = steps
+        history = self._phase1(self.model, self.loader, steps, max_seconds,
                                lambda step, loss: self.progress.update(step=step, loss=loss))
         self.progress["stage"] = "regressor"
         # Phase 2 scores whole photos under the crops protocol (the demo's photos share one size, so they batch).
@@ -358,9 +360,9 @@ def train_both(data: Path, out: Path, budget: float, batch: int, seed: int, verb
             dr_loop = left - drexperts_setup - 5
             ex_loop = left - exiqa.regressor_seconds(exiqa_step) - 5
             dr_steps = max(1, int(0.95 * dr_loop / drexperts_step))
-            ex_epochs = max(1, int(0.95 * ex_loop / exiqa_step) // len(exiqa.loader))
+            ex_steps = max(1, int(0.95 * ex_loop / exiqa_step))
             print(f"  step times (both training at once): DR.Experts {drexperts_step:.2f}s, ExIQA {exiqa_step:.2f}s;"
-                  f" planned: DR.Experts {dr_steps} steps, ExIQA {ex_epochs * len(exiqa.loader)} phase-1 steps "
+                  f" planned: DR.Experts {dr_steps} steps, ExIQA {ex_steps} phase-1 steps "
                   f"+ {REGRESSOR_EPOCHS} regressor epochs; {left:.0f}s of the {budget:.0f}s budget left", flush=True)
             drexperts = pool.submit(train_drexperts, data, out, dr_steps, batch, seed, max(1.0, dr_loop), verbose)
             done = threading.Event()
@@ -368,7 +370,7 @@ def train_both(data: Path, out: Path, budget: float, batch: int, seed: int, verb
                                       daemon=True)
             ticker.start()
             try:
-                exiqa_run = exiqa.train(out / "exiqa_demo.pth", ex_epochs, max(1.0, ex_loop))
+                exiqa_run = exiqa.train(out / "exiqa_demo.pth", ex_steps, max(1.0, ex_loop))
                 print(f"  ExIQA done: {exiqa_run['steps']} phase-1 steps and {REGRESSOR_EPOCHS} regressor epochs in "
                       f"{exiqa_run['seconds']:.0f}s; DR.Experts still training", flush=True)
                 drexperts_run = drexperts.result()

@@ -235,10 +235,12 @@ def _stop_everywhere(stop: bool, device: torch.device) -> bool:
 
 
 def _run_epochs(batches: Iterable, epochs: int, progress: TrainingProgress, device: torch.device,
-                step: Callable[[Any], tuple[float, int]], *, set_epoch: bool = False) -> list[float]:
+                step: Callable[[Any], tuple[float, int]], *, set_epoch: bool = False,
+                max_steps: int | None = None) -> list[float]:
     """The loop both phases share: ``epochs`` passes over ``batches`` with ``step(batch) -> (loss, images)``
-    per batch, until the progress hook stops it (on every rank at once); returns the loss of every step.
-    ``set_epoch``: tell the loader's sampler the epoch (a DistributedSampler reshuffles its shards)."""
+    per batch, until ``max_steps`` steps are done or the progress hook stops it (on every rank at once);
+    returns the loss of every step. ``set_epoch``: tell the loader's sampler the epoch (a DistributedSampler
+    reshuffles its shards)."""
     step_loss: list[float] = []
     steps_per_epoch = len(batches)  # type: ignore[arg-type]
     for epoch in range(epochs):
@@ -249,7 +251,8 @@ def _run_epochs(batches: Iterable, epochs: int, progress: TrainingProgress, devi
         for batch in batches:
             loss, images = step(batch)
             step_loss.append(loss)
-            if _stop_everywhere(progress.step(loss, images), device):
+            stop = progress.step(loss, images) or len(step_loss) == max_steps
+            if _stop_everywhere(stop, device):
                 progress.end_epoch()
                 return step_loss
         progress.end_epoch()
@@ -302,6 +305,7 @@ def train_phase1(
     warmup_epochs: float | None = None,
     weight_decay: float = 0.0,
     train_text: bool = True,
+    max_steps: int | None = None,
     device: str | torch.device | None = None,
     on_step: Callable[[int, float], None] | None = None,
     progress: TrainingProgress | None = None,
@@ -319,6 +323,9 @@ def train_phase1(
             scale; text features are recomputed in every step when ``train_text`` and re-cached at the end).
         warmup_epochs: linear warm-up length; default a fifth of ``epochs`` (the paper: 20 of 100).
         weight_decay: AdamW weight decay (0 = Adam).
+        max_steps: end after this many optimiser steps, within the last epoch, with the schedule sized to end
+            there (default ``epochs`` full passes); e.g. to fill a time budget that is not a whole number of
+            epochs.
         device: where to train (default: the model's device).
         on_step: called as ``on_step(step, loss)`` after every optimiser step.
         progress: per-epoch bars and the stop hook (default: none drawn, never stops early).
@@ -331,6 +338,10 @@ def train_phase1(
         raise ValueError(f"mode must be one of {sorted(PHASE1_LR)}, got {mode!r}")
     if epochs < 1:
         raise ValueError(f"epochs must be >= 1, got {epochs}")
+    total = epochs * len(loader)  # type: ignore[arg-type]
+    if max_steps is not None and not 1 <= max_steps <= total:
+        raise ValueError(f"max_steps must lie in 1 .. epochs * len(loader) = {total}, got {max_steps}")
+    total = total if max_steps is None else int(max_steps)
     lr = PHASE1_LR[mode] if lr is None else float(lr)
     device = _device_of(model, device)
     model.to(device)
@@ -338,7 +349,6 @@ def train_phase1(
     trainable = _phase1_trainable(model, mode, train_text)
     step_module = _phase1_step_module(model, mode, train_text)
 
-    total = epochs * len(loader)  # type: ignore[arg-type]
     warmup = round((epochs / 5 if warmup_epochs is None else warmup_epochs) * len(loader))  # type: ignore[arg-type]
     optimizer = torch.optim.AdamW(trainable, lr=lr, weight_decay=weight_decay)
     schedule = cosine_warmup_schedule(optimizer, total, min(warmup, total))
@@ -353,7 +363,7 @@ def train_phase1(
     model.train()
     first_epoch = len(progress.epoch_loss)
     try:
-        step_loss = _run_epochs(loader, epochs, progress, device, step, set_epoch=True)
+        step_loss = _run_epochs(loader, epochs, progress, device, step, set_epoch=True, max_steps=total)
     finally:
         _after_phase1(model, mode)
     return {"mode": mode, "epochs": epochs, "steps": len(step_loss), "lr": lr,

@@ -104,6 +104,21 @@ def test_phase1_stop_hook_ends_training_after_the_step_that_asks(labelled):
     assert history["steps"] == 1 and len(history["epoch_loss"]) == 1 and progress.steps == 1
 
 
+def test_phase1_max_steps_ends_inside_an_epoch_with_the_schedule_sized_to_it(labelled, monkeypatch):
+    images, strengths = labelled
+    loader = DataLoader(TensorDataset(images, strengths), batch_size=4)  # 2 steps per epoch
+    sized = []
+    real = exiqa_phases.cosine_warmup_schedule
+    monkeypatch.setattr(exiqa_phases, "cosine_warmup_schedule",
+                        lambda opt, total, warmup: sized.append((total, warmup)) or real(opt, total, warmup))
+    history = train_phase1(_model(), loader, epochs=3, lr=5e-2, mode="prompt", warmup_epochs=1, max_steps=5)
+    assert history["steps"] == 5 and len(history["epoch_loss"]) == 3  # the third epoch cut after one step
+    assert sized == [(5, 2)]  # the cosine ends at step 5, not at the 6 of three whole epochs
+    for bad in (0, 7):
+        with pytest.raises(ValueError, match="max_steps"):
+            train_phase1(_model(), loader, epochs=3, mode="prompt", max_steps=bad)
+
+
 @pytest.mark.slow
 def test_phase1_full_fine_tuning_recaches_text_and_saves_clip(labelled, tmp_path):
     images, strengths = labelled
