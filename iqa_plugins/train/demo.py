@@ -35,7 +35,7 @@ import re
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, MutableMapping
 from pathlib import Path
 from typing import Any
 
@@ -78,7 +78,10 @@ SEED = 123  # training seed of both models for the README's demo figures (the da
 # Default wall-time budget of step 3 (speed measurement + both trainings): with the other steps and `make
 # setup` it keeps `make demo` within 15 minutes on a slow 2-core machine (README: "The demo").
 TRAIN_SECONDS = 480
-PROBE_STEPS = 12  # steps run per model to size the schedules
+PROBE_STEPS = 12  # steps run per model to estimate how many fit and how long the rest takes
+PEAK_SHARE = 0.91  # DR.Experts keeps its peak rate for this share of its training, then drops it 10x
+# The schedules follow the clock; their step counts are only upper bounds, this many times the probe's estimate.
+STEP_BOUND = 3
 # The probe's first steps carry one-time costs (CPU kernels chosen and memory pools grown on first use): timed
 # from the first step, ten DR.Experts steps averaged 0.52-0.56 s where training then ran at 0.36 s per step, so
 # the schedules ended a third of the budget early. The step time is the mean over the steps after these.
@@ -161,12 +164,14 @@ def _correlations(pred: list[float], true: list[float]) -> dict[str, float]:
             "n": len(pred)}
 
 
-def drexperts_options(data: Path, train_images: int, steps: int, batch: int, seed: int = SEED) -> dict[str, Any]:
+def drexperts_options(data: Path, train_images: int, steps: int, batch: int, seed: int = SEED,
+                      seconds: float | None = None) -> dict[str, Any]:
     """The DR.Experts recipe (RecipeIQAModel, AdamW + per-iteration warm-up/step schedule, SmoothL1, clipping,
     flips + random crops, several crops per image) for a small model on 32 px crops trained from scratch for
     ``steps`` iterations: the authors' 3-epoch warm-up and 3-epoch steps suit 9 epochs of fine-tuning
     pretrained weights, so the demo warms up for half an epoch and keeps the peak rate for the first 91% of
-    the steps (the last 2 of 23 epochs in the fixed-length demo this was tuned as) before dropping it 10x."""
+    the steps (the last 2 of 23 epochs in the fixed-length demo this was tuned as) before dropping it 10x.
+    With ``seconds`` the drop comes after 91% of that wall time instead, ``steps`` being only an upper bound."""
     from iqa_plugins.archs.drexperts_arch import CONFIGS
 
     clip = copy.deepcopy(CONFIGS["small"]["clip"])
@@ -179,10 +184,14 @@ def drexperts_options(data: Path, train_images: int, steps: int, batch: int, see
     train = {
         "optim": {"type": "AdamW", "lr": 2e-3, "betas": [0.9, 0.999], "weight_decay": 0.05},
         "scheduler": {"type": "WarmupStepLR", "warmup_epochs": 0.5, "warmup_lr": 1e-5,
-                      "decay_epochs": max(1, round(0.91 * steps)) / iters_per_epoch, "gamma": 0.1},
+                      "gamma": 0.1},
         "total_iter": int(steps), "grad_clip": 5.0, "amp": True,
         "mos_loss_opt": {"type": "SmoothL1Loss", "beta": 0.1},
     }
+    if seconds is None:
+        train["scheduler"]["decay_epochs"] = max(1, round(PEAK_SHARE * steps)) / iters_per_epoch
+    else:
+        train["scheduler"]["decay_seconds"] = PEAK_SHARE * seconds
     return {
         "name": "demo_drexperts", "model_type": "RecipeIQAModel", "num_gpu": 0, "manual_seed": seed,
         "datasets": {"train": {**dataset, "batch_size_per_gpu": batch, "dataset_enlarge_ratio": ENLARGE,
@@ -203,25 +212,39 @@ def _steady_step_seconds(stamps: list[float]) -> float:
 
 
 def _budget(max_seconds: float | None) -> Callable[[TrainingProgress], bool] | None:
-    """The training loops' stop hook for a wall-time budget (None: train to the planned steps)."""
+    """The training loops' stop hook for a wall-time budget (None: train to the given steps)."""
     if max_seconds is None:
         return None
     return lambda progress: progress.elapsed >= max_seconds
 
 
-def train_drexperts(data: Path, root: Path, steps: int, batch: int, seed: int, max_seconds: float | None,
-                    verbose: bool) -> dict[str, Any]:
+def train_drexperts(data: Path, root: Path, steps: int, batch: int, seed: int, verbose: bool, *,
+                    loop_seconds: float | None = None, max_seconds: float | None = None,
+                    report: MutableMapping[str, Any] | None = None) -> dict[str, Any]:
     """Train (or, for a few steps, time) DR.Experts; returns its checkpoint, steps reached, seconds and the
-    steady seconds per step."""
+    steady seconds per step.
+
+    ``loop_seconds``: the training loop's wall time, which the rate drop follows (``steps`` then only bounds
+    it); ``max_seconds``: a hard stop, counted from this call (model set-up included). ``report`` (e.g. a
+    manager's dict shared with the demo's process) gets the ``step`` and ``loss`` after every step and
+    ``done`` at the end."""
     from iqa_plugins.train.options import finalize_options
     from iqa_plugins.train.runner import run_training
 
     start = time.time()
-    opt = finalize_options(drexperts_options(data, len(_read_labels(data)), steps, batch, seed), root)
+    options = drexperts_options(data, len(_read_labels(data)), steps, batch, seed, seconds=loop_seconds)
+    opt = finalize_options(options, root)
     stamps: list[float] = []
-    progress = TrainingProgress("drexperts", enabled=False, stop_when=_budget(max_seconds),
-                                on_step=lambda step, loss: stamps.append(time.time()))
+
+    def on_step(step: int, loss: float) -> None:
+        stamps.append(time.time())
+        if report is not None:
+            report.update(step=step, loss=loss)
+
+    progress = TrainingProgress("drexperts", enabled=False, stop_when=_budget(max_seconds), on_step=on_step)
     result = run_training(opt, log_level=logging.INFO if verbose else logging.WARNING, progress=progress)
+    if report is not None:
+        report.update(done=True)
     weights = result.compact_checkpoint
     if weights is not None:
         _state_scale_drexperts(weights)
@@ -255,7 +278,7 @@ class _ExIQATrainer:
         strengths = phases.StrengthsDataset(data, self.model.attribute_set.distortion_slugs, image_size=CROP,
                                             random_crops=True, repeats=ENLARGE, in_memory=True)
         self.loader = DataLoader(strengths, batch_size=batch, shuffle=True)
-        self.progress = {"stage": "phase 1", "step": 0, "loss": float("nan"), "planned": 0}
+        self.progress = {"stage": "phase 1", "step": 0, "loss": float("nan"), "expected": 0}
 
     def _phase1(self, model: Any, loader: Any, steps: int, max_seconds: float | None, on_step: Any) -> dict:
         from iqa_plugins.train import exiqa_phases as phases
@@ -265,10 +288,10 @@ class _ExIQATrainer:
         # of a ridge fit on the attribute probabilities: 0.45 against 0.61 after 1,200 steps). Peak rate 1e-3:
         # after 1,500 steps that ridge fit reached 0.69, against 0.62 at 5e-4, 0.66 at 2e-3 and 0.62 at 4e-3
         # (all at seed 0; at seed 1, 1e-3 gave 0.61: the spread between seeds is as large as between rates).
-        progress = TrainingProgress("exiqa phase 1", enabled=False, on_step=on_step, stop_when=_budget(max_seconds))
-        epochs = -(-steps // len(loader))  # the last one partly: the schedule ends at `steps`
+        progress = TrainingProgress("exiqa phase 1", enabled=False, on_step=on_step)
+        epochs = -(-steps // len(loader))  # the last one partly
         history = phases.train_phase1(model, loader, epochs, 1e-3, mode="full", train_text=True, warmup_epochs=0.5,
-                                      max_steps=steps, progress=progress)
+                                      max_steps=steps, max_seconds=max_seconds, progress=progress)
         return {**history, "seconds": round(progress.elapsed, 1)}
 
     def step_seconds(self, steps: int) -> float:
@@ -289,7 +312,9 @@ class _ExIQATrainer:
         crops = len(_read_labels(self.data)) * TEST_CROPS
         return crops / self.batch * step_seconds / 3
 
-    def train(self, out: Path, steps: int, max_seconds: float) -> dict[str, Any]:
+    def train(self, out: Path, expected_steps: int, max_seconds: float) -> dict[str, Any]:
+        """Phase 1 for ``max_seconds`` (its cosine follows the clock; ``expected_steps``, the probe's estimate,
+        is reported and bounds it at ``STEP_BOUND`` times), then the quality regressor."""
         from torch.utils.data import DataLoader
 
         from iqa_plugins.archs.exiqa_arch import save_pretrained
@@ -297,8 +322,8 @@ class _ExIQATrainer:
         from iqa_plugins.train.mos_dataset import MOSDataset
 
         start = time.time()
-        self.progress["planned"] = steps
-        history = self._phase1(self.model, self.loader, steps, max_seconds,
+        self.progress["expected"] = expected_steps
+        history = self._phase1(self.model, self.loader, STEP_BOUND * expected_steps, max_seconds,
                                lambda step, loss: self.progress.update(step=step, loss=loss))
         self.progress["stage"] = "regressor"
         # Phase 2 scores whole photos under the crops protocol (the demo's photos share one size, so they batch).
@@ -309,7 +334,8 @@ class _ExIQATrainer:
         phases.train_phase2(self.model, DataLoader(mos, batch_size=self.batch, shuffle=True), REGRESSOR_EPOCHS, 1e-3)
         weights = save_pretrained(self.model, out, metadata={
             "trained_by": "iqa-plugins demo (synthetic data; not the paper's)", "score_meaning": LABEL_MEANING})
-        return {"weights": weights, "steps": history["steps"], "planned_steps": self.progress["planned"],
+        self.progress["stage"] = "done"
+        return {"weights": weights, "steps": history["steps"], "expected_steps": expected_steps,
                 "loop_seconds": history["seconds"], "seconds": round(time.time() - start, 1)}
 
 
@@ -332,9 +358,11 @@ def train_both(data: Path, out: Path, budget: float, batch: int, seed: int, verb
     small use a second thread poorly (1.2x on two cores), so two single-threaded trainings finish far sooner
     than two two-threaded ones in turn.
 
-    Both models' step times are measured first, side by side as they will train; each schedule is then sized
-    to end within the wall-time ``budget`` (seconds, measurement included), and a hard stop at the budget
-    guards against a machine that slows down. Prints progress every 30 s."""
+    Both models' step times are measured first, side by side as they will train, to estimate how long the
+    rest takes (DR.Experts' set-up, ExIQA's regressor) and how many steps fit. Both schedules then follow the
+    clock, not a step count, so the budget (seconds, measurement included) is used whatever the probe
+    estimated and however the machine's speed changes: ExIQA's cosine reaches 0 and DR.Experts' rate drops
+    on time, and each stops when its share is spent. Prints progress every 30 s."""
     import multiprocessing
     import threading
     from concurrent.futures import ProcessPoolExecutor
@@ -347,51 +375,68 @@ def train_both(data: Path, out: Path, budget: float, batch: int, seed: int, verb
     previous = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
-        with ProcessPoolExecutor(1, mp_context=context, initializer=_set_threads, initargs=(threads,)) as pool:
+        with ProcessPoolExecutor(1, mp_context=context, initializer=_set_threads, initargs=(threads,)) as pool, \
+                context.Manager() as manager:
             pool.submit(_ready).result()
             exiqa = _ExIQATrainer(data, min(batch, EXIQA_BATCH), seed)
-            probe = pool.submit(train_drexperts, data, out / "speed_check", probe_steps, batch, seed, None, False)
+            probe = pool.submit(train_drexperts, data, out / "speed_check", probe_steps, batch, seed, False)
             exiqa_step = exiqa.step_seconds(probe_steps)
             measured = probe.result()
             drexperts_step = measured["step_seconds"]
             drexperts_setup = measured["seconds"] - measured["loop_seconds"]
             left = budget - (time.time() - start)
-            # 5 s for saving and exporting; 95% of the rest for steps, so that the schedule ends before the stop.
-            dr_loop = left - drexperts_setup - 5
-            ex_loop = left - exiqa.regressor_seconds(exiqa_step) - 5
-            dr_steps = max(1, int(0.95 * dr_loop / drexperts_step))
-            ex_steps = max(1, int(0.95 * ex_loop / exiqa_step))
+            # 5 s each for saving and exporting.
+            dr_loop = max(1.0, left - drexperts_setup - 5)
+            ex_loop = max(1.0, left - exiqa.regressor_seconds(exiqa_step) - 5)
+            dr_expected = max(1, int(dr_loop / drexperts_step))
+            ex_expected = max(1, int(ex_loop / exiqa_step))
             print(f"  step times (both training at once): DR.Experts {drexperts_step:.2f}s, ExIQA {exiqa_step:.2f}s;"
-                  f" planned: DR.Experts {dr_steps} steps, ExIQA {ex_steps} phase-1 steps "
-                  f"+ {REGRESSOR_EPOCHS} regressor epochs; {left:.0f}s of the {budget:.0f}s budget left", flush=True)
-            drexperts = pool.submit(train_drexperts, data, out, dr_steps, batch, seed, max(1.0, dr_loop), verbose)
+                  f" about {dr_expected} DR.Experts steps and {ex_expected} ExIQA phase-1 steps "
+                  f"(+ {REGRESSOR_EPOCHS} regressor epochs) fit in the {left:.0f}s of the {budget:.0f}s budget left",
+                  flush=True)
+            drexperts_progress = manager.dict(step=0, loss=float("nan"), expected=dr_expected, done=False)
+            drexperts = pool.submit(train_drexperts, data, out, STEP_BOUND * dr_expected, batch, seed, verbose,
+                                    loop_seconds=dr_loop, max_seconds=max(1.0, left - 5), report=drexperts_progress)
             done = threading.Event()
-            ticker = threading.Thread(target=_report_progress, args=(done, start, budget, exiqa.progress, dr_steps),
-                                      daemon=True)
+            ticker = threading.Thread(target=_report_progress,
+                                      args=(done, start, budget, exiqa.progress, drexperts_progress), daemon=True)
             ticker.start()
             try:
-                exiqa_run = exiqa.train(out / "exiqa_demo.pth", ex_steps, max(1.0, ex_loop))
+                exiqa_run = exiqa.train(out / "exiqa_demo.pth", ex_expected, ex_loop)
+                waiting = "; DR.Experts still training" if not drexperts.done() else ""
                 print(f"  ExIQA done: {exiqa_run['steps']} phase-1 steps and {REGRESSOR_EPOCHS} regressor epochs in "
-                      f"{exiqa_run['seconds']:.0f}s; DR.Experts still training", flush=True)
+                      f"{exiqa_run['seconds']:.0f}s{waiting}", flush=True)
                 drexperts_run = drexperts.result()
             finally:
                 done.set()
                 ticker.join()
     finally:
         torch.set_num_threads(previous)
-    drexperts_run["planned_steps"] = dr_steps
+    drexperts_run["expected_steps"] = dr_expected
     return {"drexperts": drexperts_run, "exiqa": exiqa_run, "seconds": round(time.time() - start, 1),
             "step_seconds": {"drexperts": round(drexperts_step, 3), "exiqa": round(exiqa_step, 3)}}
 
 
-def _report_progress(done: Any, start: float, budget: float, exiqa: dict, drexperts_steps: int) -> None:
+def _progress_line(elapsed: float, budget: float, exiqa: Mapping[str, Any], drexperts: Mapping[str, Any]) -> str:
+    """One progress line of both trainings (each a mapping of ``step``, ``loss`` and the probe's ``expected``
+    steps; ExIQA's also of its ``stage``: "phase 1", "regressor" or "done"; DR.Experts' of ``done``)."""
+    if exiqa["stage"] == "phase 1":
+        ex = f"ExIQA phase-1 step {exiqa['step']} of ~{exiqa['expected']} (loss {exiqa['loss']:.3f})"
+    elif exiqa["stage"] == "regressor":
+        ex = f"ExIQA quality regressor (after {exiqa['step']} phase-1 steps)"
+    else:
+        ex = "ExIQA done"
+    if drexperts["done"]:
+        dr = f"DR.Experts done ({drexperts['step']} steps)"
+    else:
+        dr = f"DR.Experts step {drexperts['step']} of ~{drexperts['expected']} (loss {drexperts['loss']:.3f})"
+    return f"  [{elapsed:4.0f}s of {budget:.0f}s] {ex}; {dr}"
+
+
+def _report_progress(done: Any, start: float, budget: float, exiqa: Mapping[str, Any],
+                     drexperts: Mapping[str, Any]) -> None:
     while not done.wait(30):
-        if exiqa["stage"] == "phase 1":
-            doing = f"ExIQA phase-1 step {exiqa['step']}/{exiqa['planned']} (loss {exiqa['loss']:.3f})"
-        else:
-            doing = f"ExIQA quality regressor (after {exiqa['step']} phase-1 steps)"
-        print(f"  [{time.time() - start:4.0f}s of {budget:.0f}s] {doing}; DR.Experts: {drexperts_steps} steps planned "
-              "in the other process", flush=True)
+        print(_progress_line(time.time() - start, budget, exiqa, drexperts), flush=True)
 
 
 def _run(command: list[str], env: dict[str, str]) -> subprocess.CompletedProcess:

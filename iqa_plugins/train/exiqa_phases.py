@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import csv
 import os
+import time
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -236,10 +237,10 @@ def _stop_everywhere(stop: bool, device: torch.device) -> bool:
 
 def _run_epochs(batches: Iterable, epochs: int, progress: TrainingProgress, device: torch.device,
                 step: Callable[[Any], tuple[float, int]], *, set_epoch: bool = False,
-                max_steps: int | None = None) -> list[float]:
+                max_steps: int | None = None, deadline: float | None = None) -> list[float]:
     """The loop both phases share: ``epochs`` passes over ``batches`` with ``step(batch) -> (loss, images)``
-    per batch, until ``max_steps`` steps are done or the progress hook stops it (on every rank at once);
-    returns the loss of every step. ``set_epoch``: tell the loader's sampler the epoch (a DistributedSampler
+    per batch, until ``max_steps`` steps are done, ``time.monotonic()`` passes ``deadline`` or the progress
+    hook stops it (on every rank at once, as rank 0 decides); returns the loss of every step. ``set_epoch``: tell the loader's sampler the epoch (a DistributedSampler
     reshuffles its shards)."""
     step_loss: list[float] = []
     steps_per_epoch = len(batches)  # type: ignore[arg-type]
@@ -251,7 +252,8 @@ def _run_epochs(batches: Iterable, epochs: int, progress: TrainingProgress, devi
         for batch in batches:
             loss, images = step(batch)
             step_loss.append(loss)
-            stop = progress.step(loss, images) or len(step_loss) == max_steps
+            stop = (progress.step(loss, images) or len(step_loss) == max_steps
+                    or (deadline is not None and time.monotonic() >= deadline))
             if _stop_everywhere(stop, device):
                 progress.end_epoch()
                 return step_loss
@@ -306,6 +308,7 @@ def train_phase1(
     weight_decay: float = 0.0,
     train_text: bool = True,
     max_steps: int | None = None,
+    max_seconds: float | None = None,
     device: str | torch.device | None = None,
     on_step: Callable[[int, float], None] | None = None,
     progress: TrainingProgress | None = None,
@@ -326,6 +329,8 @@ def train_phase1(
         max_steps: end after this many optimiser steps, within the last epoch, with the schedule sized to end
             there (default ``epochs`` full passes); e.g. to fill a time budget that is not a whole number of
             epochs.
+        max_seconds: a wall-time budget: training ends after the step that spends it, and the cosine decays
+            with the larger of the step and time fractions, so it reaches 0 by then however fast the machine.
         device: where to train (default: the model's device).
         on_step: called as ``on_step(step, loss)`` after every optimiser step.
         progress: per-epoch bars and the stop hook (default: none drawn, never stops early).
@@ -351,7 +356,8 @@ def train_phase1(
 
     warmup = round((epochs / 5 if warmup_epochs is None else warmup_epochs) * len(loader))  # type: ignore[arg-type]
     optimizer = torch.optim.AdamW(trainable, lr=lr, weight_decay=weight_decay)
-    schedule = cosine_warmup_schedule(optimizer, total, min(warmup, total))
+    schedule = cosine_warmup_schedule(optimizer, total, min(warmup, total), seconds=max_seconds)
+    deadline = None if max_seconds is None else time.monotonic() + max_seconds
     world = torch.distributed.get_world_size() if _distributed() else 1
 
     def step(batch: Any) -> tuple[float, int]:
@@ -363,7 +369,8 @@ def train_phase1(
     model.train()
     first_epoch = len(progress.epoch_loss)
     try:
-        step_loss = _run_epochs(loader, epochs, progress, device, step, set_epoch=True, max_steps=total)
+        step_loss = _run_epochs(loader, epochs, progress, device, step, set_epoch=True, max_steps=total,
+                                deadline=deadline)
     finally:
         _after_phase1(model, mode)
     return {"mode": mode, "epochs": epochs, "steps": len(step_loss), "lr": lr,

@@ -6,7 +6,8 @@ pyiqa's ``{"params": state_dict}`` format — is pyiqa's):
 * AdamW-style parameter groups: ``weight_decay`` on weight matrices only; none on 1-D parameters (norms,
   PReLU slopes, scalars such as DSDM's alpha), biases, or names the arch lists in ``no_weight_decay()``.
 * A per-iteration lr schedule (``scheduler: {type: WarmupStepLR, warmup_epochs, decay_epochs, ...}``,
-  epochs converted to iterations); pyiqa's per-epoch ``update_learning_rate`` then does nothing.
+  epochs converted to iterations; ``decay_seconds`` instead of ``decay_epochs`` drops the rate on wall time,
+  for runs with a time budget); pyiqa's per-epoch ``update_learning_rate`` then does nothing.
 * Gradient clipping (``train.grad_clip``) and fp16 autocast with a GradScaler on CUDA (``train.amp``).
 * Training steps score each crop as the data set gives it: an arch whose ``forward`` takes ``as_given`` (the
   plugin's archs) is called with ``as_given=True``, so that its test-time protocol (``num_crops`` averaged
@@ -120,15 +121,19 @@ class RecipeIQAModel(GeneralIQAModel):
             return
         self.per_iteration_schedule = True
         sched_opt.pop("type")
+        if ("decay_epochs" in sched_opt) == ("decay_seconds" in sched_opt):
+            raise ValueError("WarmupStepLR: set exactly one of train.scheduler.decay_epochs and decay_seconds")
         iters_per_epoch = self.iters_per_epoch()
+        decay = ({"step_seconds": float(sched_opt["decay_seconds"])} if "decay_seconds" in sched_opt else
+                 {"step_iters": max(1, round(float(sched_opt["decay_epochs"]) * iters_per_epoch))})
         for optimizer in self.optimizers:
             self.schedulers.append(
                 WarmupStepLR(
                     optimizer,
                     warmup_iters=round(float(sched_opt.get("warmup_epochs", 0)) * iters_per_epoch),
-                    step_iters=max(1, round(float(sched_opt["decay_epochs"]) * iters_per_epoch)),
                     warmup_lr=float(sched_opt.get("warmup_lr", 0.0)),
                     gamma=float(sched_opt.get("gamma", 0.1)),
+                    **decay,
                 )
             )
 

@@ -110,10 +110,14 @@ def test_phase1_max_steps_ends_inside_an_epoch_with_the_schedule_sized_to_it(lab
     sized = []
     real = exiqa_phases.cosine_warmup_schedule
     monkeypatch.setattr(exiqa_phases, "cosine_warmup_schedule",
-                        lambda opt, total, warmup: sized.append((total, warmup)) or real(opt, total, warmup))
+                        lambda opt, total, warmup, seconds: sized.append((total, warmup, seconds))
+                        or real(opt, total, warmup, seconds))
     history = train_phase1(_model(), loader, epochs=3, lr=5e-2, mode="prompt", warmup_epochs=1, max_steps=5)
     assert history["steps"] == 5 and len(history["epoch_loss"]) == 3  # the third epoch cut after one step
-    assert sized == [(5, 2)]  # the cosine ends at step 5, not at the 6 of three whole epochs
+    assert sized == [(5, 2, None)]  # the cosine ends at step 5, not at the 6 of three whole epochs
+    # A spent time budget ends training after its first step, the cosine told the same budget.
+    history = train_phase1(_model(), loader, epochs=3, lr=5e-2, mode="prompt", max_seconds=1e-9)
+    assert history["steps"] == 1 and sized[-1] == (6, 1, 1e-9)
     for bad in (0, 7):
         with pytest.raises(ValueError, match="max_steps"):
             train_phase1(_model(), loader, epochs=3, mode="prompt", max_steps=bad)

@@ -78,6 +78,9 @@ def test_demo_seed_and_time_budget_options(tmp_path, capsys):
     assert opt["manual_seed"] == 7 and opt["train"]["total_iter"] == 200
     # 64 images x 10 crops / 32 = 20 iterations per epoch; the rate drops after 91% of the 200 steps
     assert round(opt["train"]["scheduler"]["decay_epochs"] * 20) == 182
+    timed = demo.drexperts_options(tmp_path, train_images=64, steps=200, batch=32, seconds=300.0)["train"]
+    # on a time budget the rate drops after 91% of the seconds; the steps only bound the run
+    assert timed["scheduler"]["decay_seconds"] == pytest.approx(273.0) and "decay_epochs" not in timed["scheduler"]
     assert opt["datasets"]["train"]["mos_range"] == demo.SCORE_RANGE
     for bad in (["--seed", "-1"], ["--seed", str(2**32)], ["--train-seconds", "0"]):
         with pytest.raises(SystemExit):
@@ -91,6 +94,17 @@ def test_demo_step_time_leaves_out_the_first_steps():
     assert demo._steady_step_seconds(stamps) == pytest.approx((5.7 - 3.5) / 5)
     assert demo._steady_step_seconds([0.0, 2.0, 2.5]) == pytest.approx(1.25)  # too few: every step counts
     assert demo.PROBE_STEPS > demo.PROBE_WARMUP_STEPS + 2  # the default probe times steady steps
+
+
+def test_demo_progress_line_shows_both_trainings():
+    exiqa = {"stage": "phase 1", "step": 120, "expected": 1500, "loss": 0.1734}
+    drexperts = {"step": 80, "expected": 1200, "loss": 0.0421, "done": False}
+    line = demo._progress_line(61.2, 480, exiqa, drexperts)
+    assert line == ("  [  61s of 480s] ExIQA phase-1 step 120 of ~1500 (loss 0.173); "
+                    "DR.Experts step 80 of ~1200 (loss 0.042)")
+    later = demo._progress_line(470, 480, {**exiqa, "stage": "regressor"}, {**drexperts, "done": True})
+    assert "ExIQA quality regressor (after 120 phase-1 steps)" in later and "DR.Experts done (80 steps)" in later
+    assert "ExIQA done" in demo._progress_line(475, 480, {**exiqa, "stage": "done"}, drexperts)
 
 
 @pytest.mark.slow

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 from torch import nn
@@ -11,7 +13,8 @@ from iqa_plugins.train.model import weight_decay_groups
 from iqa_plugins.train.options import (
     OptionsError, apply_overrides, available_recipes, load_options, merge_options, recipe_path,
 )
-from iqa_plugins.train.schedule import WarmupStepLR
+from iqa_plugins.train import schedule as schedule_module
+from iqa_plugins.train.schedule import WarmupStepLR, cosine_warmup_schedule
 
 
 def test_schedule_is_the_authors_per_iteration_schedule():
@@ -45,6 +48,63 @@ def test_schedule_state_round_trips():
     sched.step(), sched2.step()
     # iteration 6: past the 4 warm-up iterations, gamma ** (6 // 2)
     assert opt.param_groups[0]["lr"] == opt2.param_groups[0]["lr"] == pytest.approx(1e-3)
+
+
+class _Clock:
+    """A monotonic clock the test moves by hand."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def monotonic(self) -> float:
+        return self.now
+
+
+def test_schedule_on_wall_time_drops_every_step_seconds(monkeypatch):
+    clock = _Clock()
+    monkeypatch.setattr(schedule_module, "time", clock)
+    opt = torch.optim.AdamW([nn.Parameter(torch.zeros(1))], lr=1.0)
+    sched = WarmupStepLR(opt, warmup_iters=2, step_seconds=10.0, warmup_lr=0.0, gamma=0.1)
+    lrs = []
+    for seconds in (0, 1, 2, 9.9, 9.9, 10.0, 19.9, 20.0, 35.0):
+        clock.now = 1000.0 + seconds
+        opt.step()
+        sched.step()
+        lrs.append(opt.param_groups[0]["lr"])
+    # step 1 in the warm-up; from step 2 the rate follows the clock, whatever the step count
+    assert lrs == pytest.approx([0.5, 1.0, 1.0, 1.0, 1.0, 0.1, 0.1, 0.01, 0.001])
+    # a resumed run starts its clock again
+    opt2 = torch.optim.AdamW([nn.Parameter(torch.zeros(1))], lr=1.0)
+    clock.now = 5000.0
+    resumed = WarmupStepLR(opt2, warmup_iters=2, step_seconds=10.0, warmup_lr=0.0, gamma=0.1)
+    resumed.load_state_dict(sched.state_dict())
+    opt2.step()
+    resumed.step()
+    assert resumed.started == 5000.0 and opt2.param_groups[0]["lr"] == pytest.approx(1.0)
+    for bad in ({}, {"step_iters": 3, "step_seconds": 1.0}):
+        with pytest.raises(ValueError, match="exactly one of step_iters"):
+            WarmupStepLR(opt, warmup_iters=0, **bad)
+    with pytest.raises(ValueError, match="step_seconds must be > 0"):
+        WarmupStepLR(opt, warmup_iters=0, step_seconds=0.0)
+
+
+def test_cosine_on_wall_time_follows_the_larger_fraction(monkeypatch):
+    clock = _Clock()
+    monkeypatch.setattr(schedule_module, "time", clock)
+    opt = torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=1.0)
+    sched = cosine_warmup_schedule(opt, total_steps=10, warmup_steps=0, seconds=100.0)
+    lrs = []
+    for seconds in (50.0, 50.0, 50.0, 50.0, 50.0, 50.0, 50.0, 100.0):
+        clock.now = 1000.0 + seconds
+        opt.step()
+        sched.step()
+        lrs.append(opt.param_groups[0]["lr"])
+    # half the time spent: 0.5, until steps 6 and 7 pass half the steps; the budget spent: 0
+    assert lrs[:5] == pytest.approx([0.5] * 5)
+    assert lrs[5] == pytest.approx(0.5 * (1 + math.cos(math.pi * 0.6))) and lrs[6] < lrs[5]
+    assert lrs[7] == pytest.approx(0.0, abs=1e-12)
+    with pytest.raises(ValueError, match="seconds must be > 0"):
+        cosine_warmup_schedule(opt, total_steps=10, warmup_steps=0, seconds=-1.0)
 
 
 def test_weight_decay_groups_skip_1d_biases_frozen_and_listed():

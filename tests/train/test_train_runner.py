@@ -80,6 +80,21 @@ def test_the_schedule_counts_epochs_in_the_loaders_iterations(tiny_set, tmp_path
     assert "iters_per_epoch" not in result.model.opt["train"]  # passed to the model, not through its options
 
 
+def test_the_schedule_drops_on_wall_time_with_decay_seconds(tiny_set, tmp_path):
+    images, meta = tiny_set
+    opt = tiny_options(images, meta, epochs=2, batch=2, val=False)
+    opt["train"]["scheduler"].pop("decay_epochs")
+    opt["train"]["scheduler"].update(warmup_epochs=0, decay_seconds=3600.0)
+    result = run_training(finalize_options(opt, tmp_path), log_level=logging.WARNING)
+    schedule = result.model.schedulers[0]
+    assert (schedule.step_seconds, schedule.step_iters) == (3600.0, None)
+    peak = result.model.opt["train"]["optim"]["lr"]
+    assert result.model.optimizer.param_groups[0]["lr"] == pytest.approx(peak)  # an hour has not passed
+    opt["train"]["scheduler"]["decay_epochs"] = 1
+    with pytest.raises(ValueError, match="exactly one of .*decay_epochs and decay_seconds"):
+        run_training(finalize_options(opt, tmp_path / "both"), log_level=logging.WARNING)
+
+
 def test_resume_mid_epoch_reproduces_the_uninterrupted_run(tiny_set, tmp_path):
     images, meta = tiny_set
     base = tiny_options(images, meta, epochs=2, val=False)  # 3 iterations per epoch
