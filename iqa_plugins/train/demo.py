@@ -7,9 +7,9 @@
    VIF (clipped to [0, 1]) and FSIM, in the spirit of DeepFL-IQA's KADIS-700k labels.
 3. Small DR.Experts trained through pyiqa's framework (the recipe's model, optimiser and schedule, shortened)
    in a second process while small ExIQA trains through its two phases in this one (both on 32 px crops;
-   ExIQA with its "crops" input protocol). Training runs to a wall-time budget (``--train-seconds``): a short
-   measurement of both models' step times sizes the schedules, and a hard stop guards the budget; the steps
-   reached are recorded.
+   ExIQA with its "crops" input protocol). Training runs to a wall-time budget (``--train-seconds``): both
+   schedules follow the clock (DR.Experts' rate drop, ExIQA's cosine), a short measurement of both models'
+   step times estimates what the rest takes, and the steps reached are recorded.
 4. The held-out photos' variants scored with the ``pyiqa`` command and with ``iqa-plugins score --explain``,
    through a demo-local weight cache (``TORCH_HOME=<out>/torch_home``: the ``pyiqa`` command passes no
    weights path, so the demo weights sit there under the metrics' default file names): the user's real cache
