@@ -78,6 +78,12 @@ SEED = 123  # training seed of both models for the README's demo figures (the da
 # Default wall-time budget of step 3 (speed measurement + both trainings): with the other steps and `make
 # setup` it keeps `make demo` within 15 minutes on a slow 2-core machine (README: "The demo").
 TRAIN_SECONDS = 480
+# With --finish-within, what follows training (installing the weights, scoring the held-out images with both
+# commands, figures, report pages) is reserved as this share of the labelling step's time plus a margin: it took
+# 0.58-0.74 of it in the measured runs (both are dominated by running small models over the same images).
+AFTER_TRAINING_SHARE = 0.75
+AFTER_TRAINING_MARGIN = 20.0  # seconds
+MIN_TRAIN_SECONDS = 60.0  # below this the models learn nothing worth scoring; the demo warns and overruns
 PROBE_STEPS = 12  # steps run per model to estimate how many fit and how long the rest takes
 PEAK_SHARE = 0.91  # DR.Experts keeps its peak rate for this share of its training, then drops it 10x
 # The schedules follow the clock; their step counts are only upper bounds, this many times the probe's estimate.
@@ -486,6 +492,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--train-seconds", type=_positive, default=TRAIN_SECONDS,
                         help=f"wall-time budget for training both models side by side, a short speed "
                              f"measurement included (default {TRAIN_SECONDS}); more seconds, more steps")
+    parser.add_argument("--finish-within", type=_positive, default=None, metavar="SECONDS",
+                        help="wall-time goal for the whole demo, counted from --started-at: training gets less "
+                             "than --train-seconds when the steps around it would otherwise overrun (make demo "
+                             "passes 900, counted from before its setup)")
+    parser.add_argument("--started-at", type=float, default=None, metavar="EPOCH",
+                        help="when the --finish-within clock started, in seconds since the epoch (default: when "
+                             "the demo starts)")
     parser.add_argument("--batch-size", type=int, default=128,
                         help=f"DR.Experts batch size (ExIQA uses at most {EXIQA_BATCH})")
     parser.add_argument("--seed", type=_seed, default=SEED,
@@ -597,7 +610,8 @@ def _summary_head(args: argparse.Namespace, plan: dict[str, Any], runs: dict[str
                          "drexperts": {k: v for k, v in runs["drexperts"].items() if k != "weights"},
                          "exiqa": {k: v for k, v in runs["exiqa"].items() if k != "weights"}},
             "settings": {"photo_size": PHOTO_SIZE, "variants": plan["variants"],
-                         "max_distortions": args.max_distortions, "train_seconds": plan["budget"],
+                         "max_distortions": args.max_distortions, "train_seconds": args.train_seconds,
+                         "finish_within": args.finish_within,
                          "drexperts_crop": CROP, "drexperts_backbone": BACKBONE, "drexperts_test_crops": TEST_CROPS,
                          "drexperts_enlarge": ENLARGE, "exiqa_regressor_epochs": REGRESSOR_EPOCHS,
                          "exiqa_config": EXIQA_CONFIG, "batch_size": args.batch_size, "seed": args.seed}}
@@ -644,8 +658,9 @@ def _print_goal(summary: dict[str, Any]) -> None:
 
 def _print_how_to_use(out: Path, summary: dict[str, Any], torch_home: Path, installed: dict[str, Path]) -> None:
     outputs = summary["outputs"]
+    since = f" ({summary['since_started_at_s']:.0f}s counted from --started-at)" if "since_started_at_s" in summary else ""
     print(f"""
-Done in {summary['wall_time_s']:.0f}s. Summary of every figure and setting: {out / 'summary.json'}
+Done in {summary['wall_time_s']:.0f}s{since}. Summary of every figure and setting: {out / 'summary.json'}
 
 The demo weights (scores from 0 to 1, higher is better; NOT the papers' models):
   {installed['drexperts']}
@@ -657,8 +672,36 @@ Explanation figures: {outputs['figures']['drexperts']}/ and {outputs['figures'][
 Report pages (open in a browser): {outputs['reports']['drexperts']} and {outputs['reports']['exiqa']}""")
 
 
+def fitted_training_budget(cap: float, finish_within: float | None, elapsed: float,
+                           labelling_seconds: float) -> float:
+    """Training seconds: ``cap`` (``--train-seconds``), or less when the demo must finish within
+    ``finish_within`` seconds of its clock, ``elapsed`` of which are spent; what follows training is reserved
+    from the labelling step's time (``AFTER_TRAINING_SHARE``, ``AFTER_TRAINING_MARGIN``). Never below
+    ``MIN_TRAIN_SECONDS`` (unless ``cap`` is)."""
+    if finish_within is None:
+        return cap
+    left = finish_within - elapsed - AFTER_TRAINING_SHARE * labelling_seconds - AFTER_TRAINING_MARGIN
+    return min(cap, max(MIN_TRAIN_SECONDS, left))
+
+
+def _fit_budget(plan: dict[str, Any], args: argparse.Namespace, started_at: float, labelling_seconds: float) -> str:
+    """Shrink ``plan["budget"]`` to keep ``--finish-within``; returns what to print about it."""
+    if args.finish_within is None:
+        return ""
+    cap = plan["budget"]
+    elapsed = time.time() - started_at
+    plan["budget"] = fitted_training_budget(cap, args.finish_within, elapsed, labelling_seconds)
+    if plan["budget"] >= cap:
+        return ""
+    if plan["budget"] == MIN_TRAIN_SECONDS:
+        return (f" (at least; {elapsed:.0f}s of the {args.finish_within:.0f}s goal are spent, so the demo will run "
+                "past it)")
+    return f" (of --train-seconds {cap:.0f}: the rest keeps the demo within {args.finish_within:.0f}s)"
+
+
 def main(args: argparse.Namespace) -> int:
     start = time.time()
+    started_at = start if args.started_at is None else args.started_at
     out: Path = args.out
     out.mkdir(parents=True, exist_ok=True)
     lap = _Laps()
@@ -677,7 +720,8 @@ def main(args: argparse.Namespace) -> int:
         return 1
     lap(f"{len(_read_labels(sets['train']))} training and {len(_read_labels(sets['held_out']))} held-out images")
 
-    print(f"3. training for {plan['budget']:.0f}s: DR.Experts (small config) through pyiqa's training framework, and "
+    fitted = _fit_budget(plan, args, started_at, lap.timings[list(lap.timings)[-1]])
+    print(f"3. training for {plan['budget']:.0f}s{fitted}: DR.Experts (small config) through pyiqa's training framework, and "
           "at the same time ExIQA (small config): phase 1 (distortion identification), phase 2 (quality regressor)",
           flush=True)
     runs = train_both(sets["train"], out / "train", plan["budget"], args.batch_size, args.seed, args.verbose,
@@ -701,6 +745,8 @@ def main(args: argparse.Namespace) -> int:
     _print_goal(summary)
     summary["timings_s"] = lap.timings
     summary["wall_time_s"] = round(time.time() - start, 1)
+    if args.started_at is not None:
+        summary["since_started_at_s"] = round(time.time() - started_at, 1)
     (out / "summary.json").write_text(json.dumps(summary, indent=1))
     _print_how_to_use(out, summary, torch_home, installed)
     return 0

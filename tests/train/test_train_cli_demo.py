@@ -6,6 +6,7 @@ import argparse
 import json
 import os
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -94,6 +95,45 @@ def test_demo_step_time_leaves_out_the_first_steps():
     assert demo._steady_step_seconds(stamps) == pytest.approx((5.7 - 3.5) / 5)
     assert demo._steady_step_seconds([0.0, 2.0, 2.5]) == pytest.approx(1.25)  # too few: every step counts
     assert demo.PROBE_STEPS > demo.PROBE_WARMUP_STEPS + 2  # the default probe times steady steps
+
+
+def test_demo_training_budget_shrinks_to_finish_within_the_goal():
+    fit = demo.fitted_training_budget
+    assert fit(480, None, 10_000, 500) == 480  # no goal: the cap
+    assert fit(480, 900, 300, 100) == 480  # 900 - 300 - 0.75 * 100 - 20 = 505 s left: the cap holds
+    assert fit(480, 900, 400, 160) == pytest.approx(360)  # a slower machine: training shrinks
+    assert fit(480, 900, 850, 100) == demo.MIN_TRAIN_SECONDS  # past saving: the floor, and a warning
+    assert fit(20, 900, 850, 100) == 20  # the floor never raises the cap (--tiny)
+    args = argparse.Namespace(finish_within=900.0)
+    plan = {"budget": 480.0}
+    said = demo._fit_budget(plan, args, time.time() - 400, 160)
+    assert plan["budget"] == pytest.approx(360, abs=2) and "of --train-seconds 480" in said
+    plan = {"budget": 480.0}
+    assert "will run past it" in demo._fit_budget(plan, args, time.time() - 850, 100)
+    plan = {"budget": 480.0}
+    assert demo._fit_budget(plan, argparse.Namespace(finish_within=None), 0.0, 100) == "" and plan["budget"] == 480
+
+
+def test_make_demo_counts_its_goal_from_before_setup():
+    import shutil
+
+    if shutil.which("make") is None:
+        pytest.skip("make is not installed")
+    root = Path(__file__).resolve().parents[2]
+    before = time.time()
+    dry = subprocess.run(["make", "-n", "demo", "VENV=/nonexistent-venv"], cwd=root, capture_output=True, text=True,
+                         timeout=60)
+    assert dry.returncode == 0, dry.stderr
+    lines = dry.stdout.splitlines()
+    demo_line = next(line for line in lines if " demo --out demo_out" in line)
+    assert lines.index(demo_line) > next(i for i, line in enumerate(lines) if "pip install" in line)  # after setup
+    args = demo_line.split()
+    assert args[args.index("--finish-within") + 1] == "900"
+    assert before - 1 <= float(args[args.index("--started-at") + 1]) <= time.time() + 1  # taken when make started
+    parser = argparse.ArgumentParser()
+    demo.add_arguments(parser)
+    parsed = parser.parse_args(args[args.index("demo") + 1:])
+    assert parsed.finish_within == 900 and parsed.started_at == float(args[args.index("--started-at") + 1])
 
 
 def test_demo_progress_line_shows_both_trainings():
