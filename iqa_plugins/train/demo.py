@@ -536,10 +536,12 @@ class _Laps:
         self.timings: dict[str, float] = {}
         self._since = time.time()
 
-    def __call__(self, name: str) -> None:
+    def __call__(self, name: str) -> float:
+        """End the step ``name``; returns its seconds."""
         self.timings[name] = round(time.time() - self._since, 1)
         print(f"  [{self.timings[name]:6.1f}s] {name}", flush=True)
         self._since = time.time()
+        return self.timings[name]
 
 
 def _plan(args: argparse.Namespace, photos: dict[str, Path]) -> dict[str, Any]:
@@ -658,7 +660,8 @@ def _print_goal(summary: dict[str, Any]) -> None:
 
 def _print_how_to_use(out: Path, summary: dict[str, Any], torch_home: Path, installed: dict[str, Path]) -> None:
     outputs = summary["outputs"]
-    since = f" ({summary['since_started_at_s']:.0f}s counted from --started-at)" if "since_started_at_s" in summary else ""
+    since = summary.get("since_started_at_s")
+    since = "" if since is None else f" ({since:.0f}s counted from --started-at)"
     print(f"""
 Done in {summary['wall_time_s']:.0f}s{since}. Summary of every figure and setting: {out / 'summary.json'}
 
@@ -684,19 +687,19 @@ def fitted_training_budget(cap: float, finish_within: float | None, elapsed: flo
     return min(cap, max(MIN_TRAIN_SECONDS, left))
 
 
-def _fit_budget(plan: dict[str, Any], args: argparse.Namespace, started_at: float, labelling_seconds: float) -> str:
-    """Shrink ``plan["budget"]`` to keep ``--finish-within``; returns what to print about it."""
+def _fit_budget(cap: float, args: argparse.Namespace, started_at: float,
+                labelling_seconds: float) -> tuple[float, str]:
+    """The training budget that keeps ``--finish-within`` (at most ``cap``) and what to print about it."""
     if args.finish_within is None:
-        return ""
-    cap = plan["budget"]
+        return cap, ""
     elapsed = time.time() - started_at
-    plan["budget"] = fitted_training_budget(cap, args.finish_within, elapsed, labelling_seconds)
-    if plan["budget"] >= cap:
-        return ""
-    if plan["budget"] == MIN_TRAIN_SECONDS:
-        return (f" (at least; {elapsed:.0f}s of the {args.finish_within:.0f}s goal are spent, so the demo will run "
-                "past it)")
-    return f" (of --train-seconds {cap:.0f}: the rest keeps the demo within {args.finish_within:.0f}s)"
+    budget = fitted_training_budget(cap, args.finish_within, elapsed, labelling_seconds)
+    if budget >= cap:
+        return budget, ""
+    if budget == MIN_TRAIN_SECONDS:
+        return budget, (f" (at least; {elapsed:.0f}s of the {args.finish_within:.0f}s goal are spent, so the demo "
+                        "will run past it)")
+    return budget, f" (of --train-seconds {cap:.0f}: the rest keeps the demo within {args.finish_within:.0f}s)"
 
 
 def main(args: argparse.Namespace) -> int:
@@ -718,11 +721,12 @@ def main(args: argparse.Namespace) -> int:
     sets = _generate_labelled_sets(out, plan, args)
     if sets is None:
         return 1
-    lap(f"{len(_read_labels(sets['train']))} training and {len(_read_labels(sets['held_out']))} held-out images")
+    labelling = lap(f"{len(_read_labels(sets['train']))} training and {len(_read_labels(sets['held_out']))} "
+                    "held-out images")
 
-    fitted = _fit_budget(plan, args, started_at, lap.timings[list(lap.timings)[-1]])
-    print(f"3. training for {plan['budget']:.0f}s{fitted}: DR.Experts (small config) through pyiqa's training framework, and "
-          "at the same time ExIQA (small config): phase 1 (distortion identification), phase 2 (quality regressor)",
+    plan["budget"], fitted = _fit_budget(plan["budget"], args, started_at, labelling)
+    print(f"3. training for {plan['budget']:.0f}s{fitted}: DR.Experts (small config) through pyiqa's training "
+          "framework, and at the same time ExIQA (small config): phase 1 (distortion identification), phase 2 (quality regressor)",
           flush=True)
     runs = train_both(sets["train"], out / "train", plan["budget"], args.batch_size, args.seed, args.verbose,
                       plan["probe_steps"])

@@ -240,8 +240,8 @@ def _run_epochs(batches: Iterable, epochs: int, progress: TrainingProgress, devi
                 max_steps: int | None = None, deadline: float | None = None) -> list[float]:
     """The loop both phases share: ``epochs`` passes over ``batches`` with ``step(batch) -> (loss, images)``
     per batch, until ``max_steps`` steps are done, ``time.monotonic()`` passes ``deadline`` or the progress
-    hook stops it (on every rank at once, as rank 0 decides); returns the loss of every step. ``set_epoch``: tell the loader's sampler the epoch (a DistributedSampler
-    reshuffles its shards)."""
+    hook stops it (on every rank at once, as rank 0 decides); returns the loss of every step. ``set_epoch``:
+    tell the loader's sampler the epoch (a DistributedSampler reshuffles its shards)."""
     step_loss: list[float] = []
     steps_per_epoch = len(batches)  # type: ignore[arg-type]
     for epoch in range(epochs):

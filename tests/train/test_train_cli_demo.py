@@ -83,7 +83,8 @@ def test_demo_seed_and_time_budget_options(tmp_path, capsys):
     # on a time budget the rate drops after 91% of the seconds; the steps only bound the run
     assert timed["scheduler"]["decay_seconds"] == pytest.approx(273.0) and "decay_epochs" not in timed["scheduler"]
     assert opt["datasets"]["train"]["mos_range"] == demo.SCORE_RANGE
-    for bad in (["--seed", "-1"], ["--seed", str(2**32)], ["--train-seconds", "0"]):
+    for bad in (["--seed", "-1"], ["--seed", str(2**32)], ["--train-seconds", "0"], ["--finish-within", "-5"],
+                ["--started-at", "yesterday"]):
         with pytest.raises(SystemExit):
             parser.parse_args(bad)
         assert bad[0] in capsys.readouterr().err
@@ -105,13 +106,11 @@ def test_demo_training_budget_shrinks_to_finish_within_the_goal():
     assert fit(480, 900, 850, 100) == demo.MIN_TRAIN_SECONDS  # past saving: the floor, and a warning
     assert fit(20, 900, 850, 100) == 20  # the floor never raises the cap (--tiny)
     args = argparse.Namespace(finish_within=900.0)
-    plan = {"budget": 480.0}
-    said = demo._fit_budget(plan, args, time.time() - 400, 160)
-    assert plan["budget"] == pytest.approx(360, abs=2) and "of --train-seconds 480" in said
-    plan = {"budget": 480.0}
-    assert "will run past it" in demo._fit_budget(plan, args, time.time() - 850, 100)
-    plan = {"budget": 480.0}
-    assert demo._fit_budget(plan, argparse.Namespace(finish_within=None), 0.0, 100) == "" and plan["budget"] == 480
+    budget, said = demo._fit_budget(480.0, args, time.time() - 400, 160)
+    assert budget == pytest.approx(360, abs=2) and "of --train-seconds 480" in said
+    budget, said = demo._fit_budget(480.0, args, time.time() - 850, 100)
+    assert budget == demo.MIN_TRAIN_SECONDS and "will run past it" in said
+    assert demo._fit_budget(480.0, argparse.Namespace(finish_within=None), 0.0, 100) == (480.0, "")
 
 
 def test_make_demo_counts_its_goal_from_before_setup():
